@@ -1,0 +1,284 @@
+"""One typed configuration for everything: engine, server, telemetry, NPU.
+
+Sources, lowest to highest precedence: the defaults below, an optional YAML
+file (``--config``), environment variables (``WYO_AMANUENSIS_<FIELD>`` plus a
+few legacy aliases), and command-line flags. Every field is declared once here
+with its help text; the CLI, ``--help``, the env names and the add-on's run
+script are all derived from, or checked against, this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+ENV_PREFIX = "WYO_AMANUENSIS_"
+
+ENCODER_BACKENDS = ("auto", "npu", "cuda", "cpu")
+NPU_INSTR_UNITS = ("words", "bytes")
+
+
+class ConfigError(ValueError):
+    """An invalid option value; the message names the option."""
+
+
+def _opt(default: Any, help: str, *, aliases: Sequence[str] = (), choices: Sequence[str] = (), secret: bool = False):
+    return field(
+        default=default,
+        metadata={"help": help, "aliases": tuple(aliases), "choices": tuple(choices), "secret": secret},
+    )
+
+
+@dataclass
+class Settings:
+    # --- engine -------------------------------------------------------------
+    model: str = _opt("base", "Default model: a bundled name (base, tiny.en) or a directory holding a CTranslate2 Whisper model (model.bin, config.json, tokenizer.json).")
+    extra_models: tuple = _opt((), "More models to load at start-up, selectable per request by the transcribe event's name (comma-separated in env/YAML lists).")
+    language: Optional[str] = _opt(None, "Language code to force (e.g. en); empty means auto-detect per request unless the client sends one.")
+    beam_size: int = _opt(1, "Beam width for decoding; 1 is greedy (fastest).")
+    encoder_backend: str = _opt("auto", "Where the encoder runs: auto tries npu, then cuda, then cpu.", choices=ENCODER_BACKENDS)
+    int8_decoder: bool = _opt(False, "Quantise the decoder's linear layers to int8 (dynamic quantisation).", aliases=("USE_INT8_DECODER",))
+    fast_decoder: bool = _opt(True, "Short-command path: encode only the speech plus a margin and splice the cached silence encoding (and its cross-attention keys/values) for the rest of the 30 s window. Off = always encode the full window.", aliases=("USE_CUSTOM_DECODER",))
+    splice_margin_s: float = _opt(2.0, "Seconds of real audio/padding encoded after the speech before the cached silence tail (fast decoder only).")
+    word_timestamps: bool = _opt(False, "Word-level timestamps from cross-attention alignment (one extra decoder pass).", aliases=("ENABLE_ALIGNMENT",))
+    fast_alignment: bool = _opt(True, "Align from the cross-attention recorded during decoding instead of a second teacher-forced pass.", aliases=("FAST_ALIGNMENT",))
+    batch_decoding: bool = _opt(False, "Decode several queued requests together in one batch.", aliases=("ENABLE_BATCH_DECODING",))
+    batch_decode_size: int = _opt(4, "Largest batch when batch decoding is on.", aliases=("BATCH_DECODE_SIZE",))
+    threads: int = _opt(0, "torch CPU threads; 0 = all cores.")
+    # --- server -------------------------------------------------------------
+    uri: str = _opt("tcp://0.0.0.0:10300", "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://.")
+    max_utterance_s: float = _opt(30.0, "Longest utterance accepted; longer audio is refused with an error event.")
+    queue_depth: int = _opt(16, "Requests that may wait for the engine; a client beyond that gets a busy error.")
+    streaming: bool = _opt(True, "Offer streaming partial transcripts to clients that ask for them.")
+    partial_interval_s: float = _opt(1.0, "Minimum seconds of new audio between partial transcripts.")
+    zeroconf: Optional[str] = _opt(None, "Advertise the server over zeroconf under this name (flag without a value uses the hostname).")
+    shutdown_timeout_s: float = _opt(10.0, "On SIGTERM, how long in-flight utterances may take to finish.")
+    debug: bool = _opt(False, "Debug logging.")
+    # --- MQTT telemetry -----------------------------------------------------
+    mqtt_host: Optional[str] = _opt(None, "MQTT broker host; telemetry is off when empty.")
+    mqtt_port: int = _opt(1883, "MQTT broker port.")
+    mqtt_username: Optional[str] = _opt(None, "MQTT user name.")
+    mqtt_password: Optional[str] = _opt(None, "MQTT password.", secret=True)
+    mqtt_password_file: Optional[str] = _opt(None, "File holding the MQTT password (wins over mqtt_password).")
+    mqtt_tls: bool = _opt(False, "Connect to the broker over TLS.")
+    mqtt_ca_file: Optional[str] = _opt(None, "CA certificate file for TLS (system CAs when empty).")
+    mqtt_cert_file: Optional[str] = _opt(None, "Client certificate file for TLS.")
+    mqtt_key_file: Optional[str] = _opt(None, "Client key file for TLS.")
+    mqtt_client_id: Optional[str] = _opt(None, "MQTT client id (default amanuensis-<instance>).")
+    instance: str = _opt(socket.gethostname() or "amanuensis", "Instance name used in topics and entity ids (default: host name).")
+    mqtt_topic_prefix: Optional[str] = _opt(None, "Topic prefix (default amanuensis/<instance>).")
+    mqtt_discovery_prefix: str = _opt("homeassistant", "Home Assistant MQTT discovery prefix.")
+    mqtt_qos: int = _opt(0, "QoS of telemetry messages (0, 1 or 2).")
+    mqtt_include_text: bool = _opt(False, "Include transcript text in per-request telemetry (off for privacy).")
+    mqtt_stats_interval_s: float = _opt(60.0, "Seconds between periodic stats messages.")
+    mqtt_queue_size: int = _opt(256, "Telemetry messages buffered while the broker is slow or away; the oldest are dropped beyond this.")
+    # --- NPU ----------------------------------------------------------------
+    npu_kernel_dir: Optional[str] = _opt(None, "Folder with the NPU kernel build (final.xclbin, insts.bin); default: the package's npu/build or /usr/share/amanuensis/npu.")
+    npu_device_index: int = _opt(0, "XRT device index of the NPU.")
+    npu_instr_units: str = _opt("words", "How the instruction count is passed to the kernel: 32-bit words (older mlir-aie) or bytes (newer).", choices=NPU_INSTR_UNITS)
+
+    # ------------------------------------------------------------------------
+    @property
+    def topic_prefix(self) -> str:
+        return self.mqtt_topic_prefix or f"amanuensis/{self.instance}"
+
+    @property
+    def telemetry_enabled(self) -> bool:
+        return bool(self.mqtt_host)
+
+    def model_names(self) -> list[str]:
+        names = [self.model] + [m for m in self.extra_models if m != self.model]
+        return names
+
+    def validate(self) -> "Settings":
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"invalid value for option '{name}' ({getattr(self, name)!r}): {why}")
+
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise bad(f.name, f"must be one of {', '.join(choices)}")
+        if self.beam_size < 1 or self.beam_size > 16:
+            raise bad("beam_size", "must be between 1 and 16")
+        if not 0 < self.max_utterance_s <= 600:
+            raise bad("max_utterance_s", "must be > 0 and at most 600")
+        if self.queue_depth < 1:
+            raise bad("queue_depth", "must be at least 1")
+        if self.splice_margin_s < 0 or self.splice_margin_s > 30:
+            raise bad("splice_margin_s", "must be between 0 and 30")
+        if self.batch_decode_size < 1:
+            raise bad("batch_decode_size", "must be at least 1")
+        if self.threads < 0:
+            raise bad("threads", "must be 0 (all cores) or more")
+        if not 0 < self.mqtt_port < 65536:
+            raise bad("mqtt_port", "must be a TCP port (1-65535)")
+        if self.mqtt_qos not in (0, 1, 2):
+            raise bad("mqtt_qos", "must be 0, 1 or 2")
+        if self.mqtt_stats_interval_s <= 0:
+            raise bad("mqtt_stats_interval_s", "must be > 0")
+        if self.mqtt_queue_size < 1:
+            raise bad("mqtt_queue_size", "must be at least 1")
+        if self.partial_interval_s <= 0:
+            raise bad("partial_interval_s", "must be > 0")
+        if self.shutdown_timeout_s < 0:
+            raise bad("shutdown_timeout_s", "must be >= 0")
+        if not any(self.uri.startswith(s) for s in ("tcp://", "unix://", "stdio://")):
+            raise bad("uri", "must start with tcp://, unix:// or stdio://")
+        for name in ("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise bad(name, "file does not exist")
+        return self
+
+    def mqtt_password_value(self) -> Optional[str]:
+        if self.mqtt_password_file:
+            return Path(self.mqtt_password_file).read_text(encoding="utf-8").strip()
+        return self.mqtt_password
+
+    def redacted(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if (f.metadata.get("secret") and value) else value
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Coercion from strings (env vars, YAML scalars, CLI)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _field_kind(f: dataclasses.Field) -> str:
+    t = str(f.type)
+    for kind in ("bool", "int", "float", "tuple"):
+        if kind in t:
+            return kind
+    return "str"
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    kind = _field_kind(f)
+    optional = "Optional" in str(f.type)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"invalid value for option '{f.name}': a value is required")
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in _TRUE:
+                return True
+            if s in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected an integer")
+            return int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if kind == "tuple":
+            if isinstance(value, (list, tuple)):
+                return tuple(str(v).strip() for v in value if str(v).strip())
+            return tuple(v.strip() for v in str(value).split(",") if v.strip())
+        s = str(value)
+        if optional and s.strip() == "":
+            return None
+        return s
+    except ValueError as err:
+        raise ConfigError(f"invalid value for option '{f.name}' ({value!r}): {err}") from None
+
+
+def _fields_by_name() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(Settings)}
+
+
+def env_names(f: dataclasses.Field) -> list[str]:
+    return [ENV_PREFIX + f.name.upper(), *f.metadata.get("aliases", ())]
+
+
+def values_from_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    known = _fields_by_name()
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"unknown option '{key}' in config file {path}")
+        out[name] = _coerce(known[name], value)
+    return out
+
+
+def values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for f in fields(Settings):
+        # Aliases first so the canonical WYO_AMANUENSIS_ name wins when both are set.
+        for env in reversed(env_names(f)):
+            if env in environ:
+                out[f.name] = _coerce(f, environ[env])
+    return out
+
+
+def build_parser(prog: str = "wyoming_amanuensis") -> argparse.ArgumentParser:
+    """Flags for every Settings field. Defaults are None so we can tell 'not given'."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config", help="YAML file of option: value pairs (lowest precedence after defaults)")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_kind(f)
+        default = f.default
+        envs = ", ".join(env_names(f))
+        help_text = f"{f.metadata['help']} (default: {default!r}; env: {envs})"
+        help_text = help_text.replace("%", "%%")
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name == "zeroconf":
+            parser.add_argument(flag, dest=f.name, nargs="?", const=socket.gethostname(), default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                                choices=f.metadata["choices"] or None, help=help_text)
+    return parser
+
+
+def load_settings(argv_namespace: Optional[argparse.Namespace] = None, environ: Optional[Mapping[str, str]] = None,
+                  config_file: Optional[str] = None) -> Settings:
+    """defaults <- YAML file <- environment <- CLI flags, then validate."""
+    environ = os.environ if environ is None else environ
+    known = _fields_by_name()
+    values: dict[str, Any] = {}
+    config_file = config_file or (getattr(argv_namespace, "config", None) if argv_namespace else None) \
+        or environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        values.update(values_from_yaml(config_file))
+    values.update(values_from_env(environ))
+    if argv_namespace is not None:
+        for name, f in known.items():
+            v = getattr(argv_namespace, name, None)
+            if v is not None:
+                values[name] = _coerce(f, v)
+    return Settings(**values).validate()
+
+
+def settings_from(**overrides: Any) -> Settings:
+    """Defaults plus overrides, validated: for tests and library use (no env, no CLI)."""
+    return dataclasses.replace(Settings(), **overrides).validate()
