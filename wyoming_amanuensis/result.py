@@ -37,7 +37,6 @@ class Word:
     word: str
     start: float
     end: float
-    probability: float = 0.0
 
 
 @dataclass

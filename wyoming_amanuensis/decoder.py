@@ -1,0 +1,290 @@
+"""Decoder stage: tokens from encoder states.
+
+One ``WhisperDecoder`` per model lives for the whole process and is shared by
+all requests (it holds no per-request state). Per request it validates the
+encoder output, projects the cross-attention keys/values once (joined with the
+process-wide keys/values of the cached silence tail), then decodes greedily or
+with a beam, with a self-attention cache, language detection, token
+suppression and a token cap tied to the audio length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .encoders.base import EncoderOutput
+from .model.loader import WhisperModel
+from .model.whisper import N_CTX_AUDIO, Decoder
+
+_LOG = logging.getLogger(__name__)
+
+# Token budget: generous for fast speech (~5 tokens/s is typical), small enough
+# that a decoder stuck in a loop stops long before the 448-token context.
+TOKENS_PER_SECOND_CAP = 10.0
+TOKENS_FLOOR = 12
+MAX_NEW_TOKENS = 220
+
+# openai-whisper's thresholds for declaring a segment silent
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+
+
+class DecoderInputError(ValueError):
+    """The decoder was handed something that is not this model's encoder output."""
+
+
+def max_tokens_for(audio_seconds: float) -> int:
+    return int(min(MAX_NEW_TOKENS, TOKENS_FLOOR + math.ceil(TOKENS_PER_SECOND_CAP * max(audio_seconds, 0.0))))
+
+
+@dataclass
+class DecodeOptions:
+    language: Optional[str] = None  # None: detect (multilingual models)
+    beam_size: int = 1
+    prompt_tokens: list[int] = field(default_factory=list)
+    max_tokens: int = MAX_NEW_TOKENS
+    record_alignment: bool = False  # keep cross-attention of the alignment heads (greedy only)
+
+
+@dataclass
+class CrossAttention:
+    """Per-request cross-attention keys/values for every decoder layer: [1, H, 1500, hd] each."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    positions: int  # positions that carry this request's own audio
+    source: EncoderOutput
+
+
+@dataclass
+class DecodeResult:
+    tokens: list[int]
+    language: Optional[str]
+    avg_logprob: float
+    no_speech_prob: float
+    prefix: list[int]
+    # [heads, rows, 1500] cross-attention of the alignment heads, rows = predictor positions
+    alignment_weights: Optional[torch.Tensor] = None
+
+    @property
+    def is_silence(self) -> bool:
+        return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOGPROB_THRESHOLD
+
+
+def _quantize_int8(decoder: Decoder) -> nn.Module:
+    """Dynamic int8 quantisation of every Linear (weights int8, activations quantised per call)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao prints deprecation notices in 2.13+
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(decoder, {nn.Linear}, dtype=torch.qint8)
+
+
+class WhisperDecoder:
+    def __init__(self, model: WhisperModel, silence: torch.Tensor, *, device: torch.device | str = "cpu",
+                 int8: bool = False):
+        """``silence``: encoder output of an all-silence 30 s window, [1, 1500, d]."""
+        self.model = model
+        self.tok = model.tokenizer
+        self.device = torch.device(device)
+        self.width = model.dims.width
+        module = model.decoder
+        if int8:
+            if self.device.type != "cpu":
+                raise ValueError("the int8 decoder runs on the CPU only")
+            module = _quantize_int8(module)
+        elif self.device.type != "cpu":
+            import copy
+
+            module = copy.deepcopy(module).to(self.device)
+        self.int8 = int8
+        self.net: Decoder = module
+        self._check_silence(silence)
+        with torch.inference_mode():
+            self.silence_kv = [(k.contiguous(), v.contiguous()) for k, v in self.net.project_cross(silence.to(self.device))]
+        n_vocab = model.dims.n_vocab
+        mask = torch.zeros(n_vocab)
+        # everything after end-of-text is a special token (sot, languages, tasks, timestamps)
+        mask[self.tok.eot + 1:] = -math.inf
+        for i in model.suppress_ids:
+            if 0 <= i < n_vocab:
+                mask[i] = -math.inf
+        self.suppress = mask.to(self.device)
+        begin = torch.zeros(n_vocab)
+        for i in model.suppress_ids_begin:
+            if 0 <= i < n_vocab:
+                begin[i] = -math.inf
+        self.suppress_begin = (mask + begin).to(self.device)
+        self.alignment_layers = frozenset(layer for layer, _ in model.alignment_heads)
+
+    def _check_silence(self, silence: torch.Tensor) -> None:
+        if tuple(silence.shape) != (1, N_CTX_AUDIO, self.width):
+            raise DecoderInputError(f"silence encoding must be [1, {N_CTX_AUDIO}, {self.width}], got {tuple(silence.shape)}")
+
+    # ------------------------------------------------------------------ input
+    def validate(self, enc: EncoderOutput) -> None:
+        x = enc.features
+        if not isinstance(x, torch.Tensor):
+            raise DecoderInputError(f"encoder output must be a torch tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            raise DecoderInputError(f"encoder output must have rank 3 [1, positions, width], got shape {tuple(x.shape)}")
+        if x.shape[0] != 1:
+            raise DecoderInputError(f"encoder output must hold one utterance (batch 1), got batch {x.shape[0]}")
+        if x.shape[2] != self.width:
+            raise DecoderInputError(
+                f"encoder output width {x.shape[2]} does not match model {self.model.name} (width {self.width})")
+        if not 1 <= x.shape[1] <= N_CTX_AUDIO:
+            raise DecoderInputError(f"encoder output length {x.shape[1]} outside 1..{N_CTX_AUDIO} positions")
+        if not x.is_floating_point():
+            raise DecoderInputError(f"encoder output must be floating point, got {x.dtype}")
+
+    @torch.inference_mode()
+    def prepare(self, enc: EncoderOutput) -> CrossAttention:
+        """Validate, then project this request's cross-attention keys/values once."""
+        self.validate(enc)
+        feats = enc.features
+        if feats.device != self.device:
+            feats = feats.to(self.device)
+        p = feats.shape[1]
+        kv = []
+        for (k, v), (sk, sv) in zip(self.net.project_cross(feats), self.silence_kv):
+            if enc.tail_cached and p < N_CTX_AUDIO:
+                k = torch.cat((k, sk[:, :, p:]), dim=2)
+                v = torch.cat((v, sv[:, :, p:]), dim=2)
+            kv.append((k, v))
+        return CrossAttention(kv=kv, positions=p, source=enc)
+
+    # --------------------------------------------------------------- decoding
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net.proj(self.net.ln(hidden)).float()
+
+    def _run_prefix(self, cross: CrossAttention, opts: DecodeOptions, batch_cache):
+        """Feed prompt + sot; return (language, no_speech_prob, prefix, logits at the last prefix position)."""
+        tok = self.tok
+        head = ([tok.sot_prev, *opts.prompt_tokens[-(self.model.dims.n_text_ctx // 2 - 1):]] if opts.prompt_tokens else [])
+        head.append(tok.sot)
+        x = torch.tensor([head], device=self.device)
+        hidden, _ = self.net(x, batch_cache, cross.kv)
+        sot_logits = self._logits(hidden[:, -1])[0]
+        no_speech_prob = torch.softmax(sot_logits, dim=-1)[tok.no_speech].item()
+        language = opts.language
+        if tok.multilingual:
+            if language is None or language not in tok.languages:
+                if language is not None:
+                    _LOG.warning("language %r not known to model %s; detecting instead", language, self.model.name)
+                codes = list(tok.languages)
+                ids = torch.tensor([tok.languages[c] for c in codes], device=self.device)
+                language = codes[int(sot_logits[ids].argmax())]
+        else:
+            language = "en"
+        rest = tok.sot_sequence(language)[1:]
+        weight_layers = self.alignment_layers if opts.record_alignment else frozenset()
+        hidden, weights = self.net(torch.tensor([rest], device=self.device), batch_cache, cross.kv,
+                                   weight_layers=weight_layers)
+        prefix = head + rest
+        return language, no_speech_prob, prefix, self._logits(hidden[:, -1]), weights
+
+    def _head_rows(self, weights: dict[int, torch.Tensor]) -> torch.Tensor:
+        """[heads, n, 1500] for the alignment heads out of per-layer weights [1, H, n, 1500]."""
+        return torch.stack([weights[layer][0, head] for layer, head in self.model.alignment_heads])
+
+    @torch.inference_mode()
+    def decode(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
+        if opts.beam_size > 1:
+            return self._beam(cross, opts)
+        return self._greedy(cross, opts)
+
+    def _greedy(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
+        cache = self.net.new_cache(1)
+        language, no_speech, prefix, logits, w = self._run_prefix(cross, opts, cache)
+        record = opts.record_alignment
+        rows = [self._head_rows(w)[:, -1:]] if record else []
+        weight_layers = self.alignment_layers if record else frozenset()
+        tokens: list[int] = []
+        logprob_sum = 0.0
+        limit = min(opts.max_tokens, self.model.dims.n_text_ctx - len(prefix) - 1)
+        suppress = self.suppress_begin
+        for _ in range(limit):
+            logp = torch.log_softmax(logits[0] + suppress, dim=-1)
+            suppress = self.suppress
+            nxt = int(logp.argmax())
+            logprob_sum += float(logp[nxt])
+            if nxt == self.tok.eot:
+                break
+            tokens.append(nxt)
+            if len(tokens) == limit:
+                break
+            hidden, w = self.net(torch.tensor([[nxt]], device=self.device), cache, cross.kv,
+                                 weight_layers=weight_layers)
+            logits = self._logits(hidden[:, -1])
+            if record:
+                rows.append(self._head_rows(w))
+        n = len(tokens) + 1
+        return DecodeResult(
+            tokens=tokens,
+            language=language,
+            avg_logprob=logprob_sum / n,
+            no_speech_prob=no_speech,
+            prefix=prefix,
+            alignment_weights=torch.cat(rows, dim=1) if record else None,
+        )
+
+    def _beam(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
+        beam = opts.beam_size
+        cache = self.net.new_cache(1)
+        language, no_speech, prefix, logits, _ = self._run_prefix(cross, opts, cache)
+        kv = [(k.expand(beam, -1, -1, -1), v.expand(beam, -1, -1, -1)) for k, v in cross.kv]
+        limit = min(opts.max_tokens, self.model.dims.n_text_ctx - len(prefix) - 1)
+        eot = self.tok.eot
+        seqs: list[list[int]] = [[]]
+        scores = torch.zeros(1, device=self.device)
+        finished: list[tuple[float, list[int], float]] = []  # (normalised score, tokens, sum logprob)
+        suppress = self.suppress_begin
+        logits = logits[:1]
+        for step in range(limit):
+            logp = torch.log_softmax(logits + suppress, dim=-1)
+            suppress = self.suppress
+            total = (scores[:, None] + logp).flatten()
+            top = torch.topk(total, min(2 * beam, total.numel()))
+            new_seqs, new_scores, origins = [], [], []
+            for score, flat in zip(top.values.tolist(), top.indices.tolist()):
+                src, token = divmod(flat, logp.shape[1])
+                if token == eot or step == limit - 1:
+                    seq = seqs[src] + ([] if token == eot else [token])
+                    finished.append((score / (len(seq) + 1), seq, score))
+                else:
+                    new_seqs.append(seqs[src] + [token])
+                    new_scores.append(score)
+                    origins.append(src)
+                if len(new_seqs) == beam:
+                    break
+            if len(finished) >= beam or not new_seqs:
+                break
+            seqs = new_seqs
+            scores = torch.tensor(new_scores, device=self.device)
+            # the prefix row is shared at first; from then on each beam keeps its own cache row
+            cache.reorder(torch.tensor(origins, device=self.device))
+            step_kv = kv if len(seqs) == beam else [(k[:len(seqs)], v[:len(seqs)]) for k, v in kv]
+            hidden, _ = self.net(torch.tensor([[s[-1]] for s in seqs], device=self.device), cache, step_kv)
+            logits = self._logits(hidden[:, -1])
+        if not finished:
+            finished = [(s / (len(q) + 1), q, s) for s, q in zip(scores.tolist(), seqs)]
+        best = max(finished, key=lambda f: f[0])
+        return DecodeResult(tokens=best[1], language=language, avg_logprob=best[2] / (len(best[1]) + 1),
+                            no_speech_prob=no_speech, prefix=prefix)
+
+    @torch.inference_mode()
+    def alignment_pass(self, cross: CrossAttention, result: DecodeResult) -> torch.Tensor:
+        """Teacher-forced pass over prefix + text: alignment-head weights [heads, n+1, 1500]."""
+        cache = self.net.new_cache(1)
+        seq = torch.tensor([result.prefix + result.tokens], device=self.device)
+        _, w = self.net(seq, cache, cross.kv, weight_layers=self.alignment_layers)
+        rows = self._head_rows(w)
+        start = len(result.prefix) - 1
+        return rows[:, start:start + len(result.tokens) + 1]

@@ -1,0 +1,58 @@
+"""Encoder backends and the one place where one is chosen.
+
+``select_backend`` takes ``auto|npu|cuda|cpu``; ``auto`` tries the NPU, then
+CUDA, then the CPU, and logs why each one it skips was skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..config import Settings
+from ..model.whisper import Encoder
+from .base import EncoderBackend, EncoderOutput
+from .torch_backend import TorchEncoderBackend
+
+_LOG = logging.getLogger(__name__)
+
+__all__ = ["EncoderBackend", "EncoderOutput", "TorchEncoderBackend", "select_backend", "BackendUnavailable"]
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot run here; the message says why."""
+
+
+def _try_npu(encoder: Encoder, settings: Settings) -> EncoderBackend:
+    try:
+        from .npu import NpuEncoderBackend  # noqa: WPS433 (optional, heavy)
+    except ImportError as err:
+        raise BackendUnavailable(f"npu backend not available: {err}") from None
+    return NpuEncoderBackend.open(encoder, settings)
+
+
+def _try_cuda(encoder: Encoder) -> EncoderBackend:
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("no CUDA device visible to torch")
+    return TorchEncoderBackend(encoder, "cuda")
+
+
+def select_backend(encoder: Encoder, settings: Settings) -> EncoderBackend:
+    choice = settings.encoder_backend
+    if choice == "cpu":
+        return TorchEncoderBackend(encoder, "cpu")
+    if choice == "cuda":
+        return _try_cuda(encoder)
+    if choice == "npu":
+        return _try_npu(encoder, settings)
+    for name, attempt in (("npu", lambda: _try_npu(encoder, settings)), ("cuda", lambda: _try_cuda(encoder))):
+        try:
+            backend = attempt()
+        except BackendUnavailable as err:
+            _LOG.info("encoder backend auto: skipping %s: %s", name, err)
+            continue
+        _LOG.info("encoder backend auto: using %s", backend.name)
+        return backend
+    _LOG.info("encoder backend auto: using cpu")
+    return TorchEncoderBackend(encoder, "cpu")

@@ -1,0 +1,36 @@
+"""Encoder on torch: CPU, or CUDA where a GPU is present."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..model.whisper import Encoder
+from .base import EncoderOutput
+
+
+class TorchEncoderBackend:
+    def __init__(self, encoder: Encoder, device: str = "cpu"):
+        self.name = "cuda" if device.startswith("cuda") else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            # float16 on the GPU: the encoder is the bulk of the FLOPs and Whisper tolerates it well.
+            self.encoder = copy.deepcopy(encoder).to(self.device, dtype=torch.float16)
+            self.dtype = torch.float16
+        else:
+            self.encoder = encoder
+            self.dtype = torch.float32
+
+    @property
+    def decoder_device(self) -> torch.device:
+        return self.device
+
+    @torch.inference_mode()
+    def encode(self, mel: torch.Tensor) -> EncoderOutput:
+        x = mel.to(self.device, dtype=self.dtype, non_blocking=True)
+        feats = self.encoder(x).float()
+        return EncoderOutput(features=feats, tail_cached=False, backend=self.name)
+
+    def close(self) -> None:
+        pass

