@@ -28,6 +28,7 @@ from .decoder import DecodeOptions, DecodeResult, WhisperDecoder, max_tokens_for
 from .encoders import EncoderBackend, EncoderOutput, select_backend
 from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
 from .model.loader import WhisperModel, load_model
+from .model.whisper import SilenceContext
 from .result import Result, Timings
 
 _LOG = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class LoadedModel:
     backend: EncoderBackend
     decoder: WhisperDecoder
     silence: torch.Tensor  # encoder output of 30 s of silence, [1, 1500, d]
+    context: Optional[SilenceContext]  # pooled silence keys the short window's encoder attends to
 
 
 @contextmanager
@@ -97,10 +99,11 @@ class Engine:
         model = load_model(name)
         backend = select_backend(model.encoder, settings)
         silent_mel = log_mel(np.zeros(0, dtype=np.float32), model.dims.n_mels, n_frames=N_FRAMES_30S)
-        silence = backend.encode(silent_mel[None]).features.to(backend.decoder_device)
-        decoder = WhisperDecoder(model, silence, device=backend.decoder_device,
+        silence, context = backend.silence(silent_mel[None], settings.silence_chunk or 1)
+        decoder = WhisperDecoder(model, silence.to(backend.decoder_device), device=backend.decoder_device,
                                  int8=settings.int8_decoder and backend.decoder_device.type == "cpu")
-        return LoadedModel(model=model, backend=backend, decoder=decoder, silence=silence)
+        return LoadedModel(model=model, backend=backend, decoder=decoder, silence=silence,
+                           context=context if settings.silence_chunk else None)
 
     def close(self) -> None:
         for m in self.models.values():
@@ -186,7 +189,7 @@ class Engine:
             mel = log_mel(audio, model.dims.n_mels, n_frames=frames)[None]
 
         with _stage(timings, "encoder"):
-            enc = loaded.backend.encode(mel)
+            enc = loaded.backend.encode(mel, loaded.context)
             enc.tail_cached = frames < N_FRAMES_30S
             timings.npu_ms += enc.npu_ms
 

@@ -41,7 +41,7 @@ def _try_cuda(encoder: Encoder) -> EncoderBackend:
 def select_backend(encoder: Encoder, settings: Settings) -> EncoderBackend:
     choice = settings.encoder_backend
     if choice == "cpu":
-        return TorchEncoderBackend(encoder, "cpu")
+        return TorchEncoderBackend(encoder, "cpu", int8=settings.int8_encoder)
     if choice == "cuda":
         return _try_cuda(encoder)
     if choice == "npu":
@@ -55,4 +55,4 @@ def select_backend(encoder: Encoder, settings: Settings) -> EncoderBackend:
         _LOG.info("encoder backend auto: using %s", backend.name)
         return backend
     _LOG.info("encoder backend auto: using cpu")
-    return TorchEncoderBackend(encoder, "cpu")
+    return TorchEncoderBackend(encoder, "cpu", int8=settings.int8_encoder)

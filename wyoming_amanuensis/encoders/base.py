@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import torch
+
+from ..model.whisper import SilenceContext
 
 
 @dataclass
@@ -37,8 +39,15 @@ class EncoderBackend(Protocol):
     def decoder_device(self) -> torch.device:
         """Where the decoder should run to consume this backend's output without a copy."""
 
-    def encode(self, mel: torch.Tensor) -> EncoderOutput:
-        """[1, n_mels, T] log-mel -> EncoderOutput with features [1, T/2, d] (tail_cached False)."""
+    def silence(self, silent_mel: torch.Tensor, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
+        """Once at start-up: the encoder output of the all-silence window [1, 1500, d] (on
+        ``decoder_device``) and each layer's pooled silence keys/values for short windows."""
+
+    def encode(self, mel: torch.Tensor, context: Optional[SilenceContext] = None) -> EncoderOutput:
+        """[1, n_mels, T] log-mel -> EncoderOutput with features [1, T/2, d] (tail_cached False).
+
+        With ``context`` and T < 3000, every layer also attends to the pooled silence keys.
+        """
 
     def close(self) -> None:
         ...

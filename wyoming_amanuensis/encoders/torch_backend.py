@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
+from torch import nn
 
-from ..model.whisper import Encoder
+from typing import Optional
+
+from ..model.whisper import Encoder, SilenceContext
 from .base import EncoderOutput
 
 
 class TorchEncoderBackend:
-    def __init__(self, encoder: Encoder, device: str = "cpu"):
+    def __init__(self, encoder: Encoder, device: str = "cpu", int8: bool = False):
         self.name = "cuda" if device.startswith("cuda") else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cuda":
             # float16 on the GPU: the encoder is the bulk of the FLOPs and Whisper tolerates it well.
             self.encoder = copy.deepcopy(encoder).to(self.device, dtype=torch.float16)
             self.dtype = torch.float16
+        elif int8:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao deprecation notices (2.13+)
+                from torch.ao.quantization import quantize_dynamic
+
+                # a quantised copy: the float encoder stays intact for other backends
+                self.encoder = quantize_dynamic(encoder, {nn.Linear}, dtype=torch.qint8)
+            self.dtype = torch.float32
         else:
             self.encoder = encoder
             self.dtype = torch.float32
@@ -27,9 +39,14 @@ class TorchEncoderBackend:
         return self.device
 
     @torch.inference_mode()
-    def encode(self, mel: torch.Tensor) -> EncoderOutput:
+    def silence(self, silent_mel: torch.Tensor, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
+        x = silent_mel.to(self.device, dtype=self.dtype)
+        return self.encoder(x).float(), self.encoder.silence_context(x, chunk)
+
+    @torch.inference_mode()
+    def encode(self, mel: torch.Tensor, context: Optional[SilenceContext] = None) -> EncoderOutput:
         x = mel.to(self.device, dtype=self.dtype, non_blocking=True)
-        feats = self.encoder(x).float()
+        feats = self.encoder(x, context).float()
         return EncoderOutput(features=feats, tail_cached=False, backend=self.name)
 
     def close(self) -> None:

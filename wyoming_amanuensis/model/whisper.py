@@ -115,6 +115,38 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * hd)
 
 
+class SilenceContext:
+    """Keys/values of every encoder layer over the all-silence 30 s window.
+
+    A short window encodes only the speech (plus a margin), so its positions
+    never attend to the ~28 s of padding that the full window would show
+    them; Whisper was trained with that padding present, and leaving it out
+    costs accuracy. The padding's keys are near-identical from position to
+    position, so each layer's tail is pooled into chunks of ``chunk``
+    positions (mean key and value, plus log(count) as an attention bias: a
+    softmax over n equal keys is one key weighted n times). Speech positions
+    then attend to the real speech keys plus ~30 pooled silence keys.
+    """
+
+    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], chunk: int):
+        self.kv = kv
+        self.chunk = max(1, int(chunk))
+
+    def for_layer(self, layer: int, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pooled keys, values [1, H, m, hd] of positions start..1499 and their bias [1, m]."""
+        k, v = self.kv[layer]
+        k, v = k[:, :, start:], v[:, :, start:]
+        n = k.shape[2]
+        c = self.chunk
+        m = -(-n // c)
+        pad = m * c - n
+        counts = torch.full((m,), float(c), device=k.device)
+        counts[-1] = c - pad
+        k = F.pad(k, (0, 0, 0, pad)).view(*k.shape[:2], m, c, k.shape[-1]).sum(3) / counts[:, None]
+        v = F.pad(v, (0, 0, 0, pad)).view(*v.shape[:2], m, c, v.shape[-1]).sum(3) / counts[:, None]
+        return k, v, counts.log()[None, :]
+
+
 class EncoderBlock(nn.Module):
     def __init__(self, d: int, n_heads: int):
         super().__init__()
@@ -124,14 +156,28 @@ class EncoderBlock(nn.Module):
         self.out = nn.Linear(d, d)
         self.mlp = MLP(d)
 
-    def attention(self, qkv: torch.Tensor) -> torch.Tensor:
-        """Self-attention core (no projections): the CPU part of an NPU layer too."""
+    def attention(self, qkv: torch.Tensor, extra: Optional[tuple] = None) -> torch.Tensor:
+        """Self-attention core (no projections): the CPU part of an NPU layer too.
+
+        ``extra``: (keys, values, bias) appended after this window's own keys,
+        from ``SilenceContext.for_layer``.
+        """
         q, k, v = qkv.chunk(3, dim=-1)
         q, k, v = (_split_heads(t, self.n_heads) for t in (q, k, v))
-        return _merge_heads(F.scaled_dot_product_attention(q, k, v))
+        if extra is None:
+            return _merge_heads(F.scaled_dot_product_attention(q, k, v))
+        ek, ev, bias = extra
+        keys = torch.cat((k, ek.to(k.dtype)), dim=2)
+        values = torch.cat((v, ev.to(v.dtype)), dim=2)
+        mask = torch.cat((torch.zeros(1, k.shape[2], device=q.device), bias.to(q.device)), dim=1).to(q.dtype)
+        return _merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.out(self.attention(self.qkv(self.attn_ln(x))))
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, k, v = self.qkv(self.attn_ln(x)).chunk(3, dim=-1)
+        return _split_heads(k, self.n_heads), _split_heads(v, self.n_heads)
+
+    def forward(self, x: torch.Tensor, extra: Optional[tuple] = None) -> torch.Tensor:
+        x = x + self.out(self.attention(self.qkv(self.attn_ln(x)), extra))
         return x + self.mlp(x)
 
 
@@ -155,11 +201,24 @@ class Encoder(nn.Module):
             raise ValueError(f"encoder input of {n} positions exceeds the 30 s window ({N_CTX_AUDIO})")
         return x + self.positions[:n]
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, context: Optional[SilenceContext] = None) -> torch.Tensor:
         x = self.stem(mel)
-        for block in self.blocks:
-            x = block(x)
+        n = x.shape[1]
+        for i, block in enumerate(self.blocks):
+            extra = context.for_layer(i, n) if context is not None and n < N_CTX_AUDIO else None
+            x = block(x, extra)
         return self.ln_post(x)
+
+    def silence_context(self, silent_mel: torch.Tensor, chunk: int) -> SilenceContext:
+        """Record each layer's keys/values over a full all-silence window ([1, n_mels, 3000])."""
+        x = self.stem(silent_mel)
+        if x.shape[1] != N_CTX_AUDIO:
+            raise ValueError("the silence context needs the full 30 s window")
+        kv = []
+        for block in self.blocks:
+            kv.append(block.keys_values(x))
+            x = block(x)
+        return SilenceContext(kv, chunk)
 
     def load(self, w: _Weights) -> None:
         d, m = self.dims.width, self.dims.n_mels
