@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from torch import nn
 
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
-from .model.whisper import N_CTX_AUDIO, Decoder
+from .model.quantize import int8_copy
+from .model.whisper import N_CTX_AUDIO, Decoder, PooledTail
 
 _LOG = logging.getLogger(__name__)
 
@@ -55,9 +54,13 @@ class DecodeOptions:
 
 @dataclass
 class CrossAttention:
-    """Per-request cross-attention keys/values for every decoder layer: [1, H, 1500, hd] each."""
+    """Per-request cross-attention keys/values for every decoder layer, [1, H, S, hd] each.
 
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    S = 1500 for a full window; for a short one, this request's positions
+    followed by the pooled silence tail (see ``PooledTail``), with its bias.
+    """
+
+    kv: list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]  # keys, values, bias per layer
     positions: int  # positions that carry this request's own audio
     source: EncoderOutput
 
@@ -77,19 +80,11 @@ class DecodeResult:
         return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOGPROB_THRESHOLD
 
 
-def _quantize_int8(decoder: Decoder) -> nn.Module:
-    """Dynamic int8 quantisation of every Linear (weights int8, activations quantised per call)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao prints deprecation notices in 2.13+
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(decoder, {nn.Linear}, dtype=torch.qint8)
-
-
 class WhisperDecoder:
     def __init__(self, model: WhisperModel, silence: torch.Tensor, *, device: torch.device | str = "cpu",
-                 int8: bool = False):
-        """``silence``: encoder output of an all-silence 30 s window, [1, 1500, d]."""
+                 int8: bool = False, tail_chunk: int = 1):
+        """``silence``: encoder output of an all-silence 30 s window, [1, 1500, d].
+        ``tail_chunk``: pool the silence tail's cross-attention keys in chunks of this many positions (1 = exact)."""
         self.model = model
         self.tok = model.tokenizer
         self.device = torch.device(device)
@@ -98,7 +93,7 @@ class WhisperDecoder:
         if int8:
             if self.device.type != "cpu":
                 raise ValueError("the int8 decoder runs on the CPU only")
-            module = _quantize_int8(module)
+            module = int8_copy(module)
         elif self.device.type != "cpu":
             import copy
 
@@ -107,7 +102,8 @@ class WhisperDecoder:
         self.net: Decoder = module
         self._check_silence(silence)
         with torch.inference_mode():
-            self.silence_kv = [(k.contiguous(), v.contiguous()) for k, v in self.net.project_cross(silence.to(self.device))]
+            self.silence_tails = [PooledTail(k.contiguous(), v.contiguous(), tail_chunk)
+                                  for k, v in self.net.project_cross(silence.to(self.device))]
         n_vocab = model.dims.n_vocab
         mask = torch.zeros(n_vocab)
         # everything after end-of-text is a special token (sot, languages, tasks, timestamps)
@@ -153,41 +149,54 @@ class WhisperDecoder:
             feats = feats.to(self.device)
         p = feats.shape[1]
         kv = []
-        for (k, v), (sk, sv) in zip(self.net.project_cross(feats), self.silence_kv):
+        for (k, v), tail in zip(self.net.project_cross(feats), self.silence_tails):
+            bias = None
             if enc.tail_cached and p < N_CTX_AUDIO:
-                k = torch.cat((k, sk[:, :, p:]), dim=2)
-                v = torch.cat((v, sv[:, :, p:]), dim=2)
-            kv.append((k, v))
+                tk, tv, tb = tail.from_position(p)
+                k = torch.cat((k, tk), dim=2)
+                v = torch.cat((v, tv), dim=2)
+                bias = torch.cat((torch.zeros(1, p, device=tb.device), tb), dim=1)
+            kv.append((k, v, bias))
         return CrossAttention(kv=kv, positions=p, source=enc)
 
     # --------------------------------------------------------------- decoding
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.net.proj(self.net.ln(hidden)).float()
 
-    def _run_prefix(self, cross: CrossAttention, opts: DecodeOptions, batch_cache):
-        """Feed prompt + sot; return (language, no_speech_prob, prefix, logits at the last prefix position)."""
+    def _run_prefix(self, cross: CrossAttention, opts: DecodeOptions, cache):
+        """Feed prompt + start-of-transcript sequence.
+
+        Returns (language, no_speech_prob, prefix, logits at the last prefix
+        position, cross-attention weights). When the language must be
+        detected, the prefix goes in two passes (up to sot, then the rest);
+        otherwise in one.
+        """
         tok = self.tok
-        head = ([tok.sot_prev, *opts.prompt_tokens[-(self.model.dims.n_text_ctx // 2 - 1):]] if opts.prompt_tokens else [])
-        head.append(tok.sot)
-        x = torch.tensor([head], device=self.device)
-        hidden, _ = self.net(x, batch_cache, cross.kv)
-        sot_logits = self._logits(hidden[:, -1])[0]
-        no_speech_prob = torch.softmax(sot_logits, dim=-1)[tok.no_speech].item()
+        max_prompt = self.model.dims.n_text_ctx // 2 - 1
+        head = [tok.sot_prev, *opts.prompt_tokens[-max_prompt:]] if opts.prompt_tokens else []
         language = opts.language
-        if tok.multilingual:
-            if language is None or language not in tok.languages:
-                if language is not None:
-                    _LOG.warning("language %r not known to model %s; detecting instead", language, self.model.name)
-                codes = list(tok.languages)
-                ids = torch.tensor([tok.languages[c] for c in codes], device=self.device)
-                language = codes[int(sot_logits[ids].argmax())]
-        else:
-            language = "en"
-        rest = tok.sot_sequence(language)[1:]
+        if tok.multilingual and language is not None and language not in tok.languages:
+            _LOG.warning("language %r not known to model %s; detecting instead", language, self.model.name)
+            language = None
+        detect = tok.multilingual and language is None
         weight_layers = self.alignment_layers if opts.record_alignment else frozenset()
-        hidden, weights = self.net(torch.tensor([rest], device=self.device), batch_cache, cross.kv,
-                                   weight_layers=weight_layers)
-        prefix = head + rest
+        if detect:
+            hidden, _ = self.net(torch.tensor([head + [tok.sot]], device=self.device), cache, cross.kv)
+            sot_logits = self._logits(hidden[:, -1])[0]
+            codes = list(tok.languages)
+            ids = torch.tensor([tok.languages[c] for c in codes], device=self.device)
+            language = codes[int(sot_logits[ids].argmax())]
+            rest = tok.sot_sequence(language)[1:]
+            hidden, weights = self.net(torch.tensor([rest], device=self.device), cache, cross.kv,
+                                       weight_layers=weight_layers)
+            prefix = head + [tok.sot] + rest
+        else:
+            language = language if tok.multilingual else "en"
+            prefix = head + tok.sot_sequence(language)
+            hidden, weights = self.net(torch.tensor([prefix], device=self.device), cache, cross.kv,
+                                       weight_layers=weight_layers)
+            sot_logits = self._logits(hidden[:, len(head)])[0]
+        no_speech_prob = torch.softmax(sot_logits, dim=-1)[tok.no_speech].item()
         return language, no_speech_prob, prefix, self._logits(hidden[:, -1]), weights
 
     def _head_rows(self, weights: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -239,7 +248,7 @@ class WhisperDecoder:
         beam = opts.beam_size
         cache = self.net.new_cache(1)
         language, no_speech, prefix, logits, _ = self._run_prefix(cross, opts, cache)
-        kv = [(k.expand(beam, -1, -1, -1), v.expand(beam, -1, -1, -1)) for k, v in cross.kv]
+        kv = [(k.expand(beam, -1, -1, -1), v.expand(beam, -1, -1, -1), b) for k, v, b in cross.kv]
         limit = min(opts.max_tokens, self.model.dims.n_text_ctx - len(prefix) - 1)
         eot = self.tok.eot
         seqs: list[list[int]] = [[]]
@@ -270,7 +279,7 @@ class WhisperDecoder:
             scores = torch.tensor(new_scores, device=self.device)
             # the prefix row is shared at first; from then on each beam keeps its own cache row
             cache.reorder(torch.tensor(origins, device=self.device))
-            step_kv = kv if len(seqs) == beam else [(k[:len(seqs)], v[:len(seqs)]) for k, v in kv]
+            step_kv = kv if len(seqs) == beam else [(k[:len(seqs)], v[:len(seqs)], b) for k, v, b in kv]
             hidden, _ = self.net(torch.tensor([[s[-1]] for s in seqs], device=self.device), cache, step_kv)
             logits = self._logits(hidden[:, -1])
         if not finished:

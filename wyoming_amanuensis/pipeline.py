@@ -101,7 +101,8 @@ class Engine:
         silent_mel = log_mel(np.zeros(0, dtype=np.float32), model.dims.n_mels, n_frames=N_FRAMES_30S)
         silence, context = backend.silence(silent_mel[None], settings.silence_chunk or 1)
         decoder = WhisperDecoder(model, silence.to(backend.decoder_device), device=backend.decoder_device,
-                                 int8=settings.int8_decoder and backend.decoder_device.type == "cpu")
+                                 int8=settings.int8_decoder and backend.decoder_device.type == "cpu",
+                                 tail_chunk=settings.decoder_tail_chunk)
         return LoadedModel(model=model, backend=backend, decoder=decoder, silence=silence,
                            context=context if settings.silence_chunk else None)
 

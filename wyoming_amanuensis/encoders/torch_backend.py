@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
-from torch import nn
 
 from typing import Optional
 
+from ..model.quantize import int8_copy
 from ..model.whisper import Encoder, SilenceContext
 from .base import EncoderOutput
 
@@ -23,12 +22,7 @@ class TorchEncoderBackend:
             self.encoder = copy.deepcopy(encoder).to(self.device, dtype=torch.float16)
             self.dtype = torch.float16
         elif int8:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.ao deprecation notices (2.13+)
-                from torch.ao.quantization import quantize_dynamic
-
-                # a quantised copy: the float encoder stays intact for other backends
-                self.encoder = quantize_dynamic(encoder, {nn.Linear}, dtype=torch.qint8)
+            self.encoder = int8_copy(encoder)
             self.dtype = torch.float32
         else:
             self.encoder = encoder
