@@ -35,6 +35,25 @@ NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 
 
+# A run of the same 1..16-token pattern this many times over is a decoding
+# loop (Whisper's failure mode on noise), not speech: stop and keep one copy.
+LOOP_REPEATS = 4
+LOOP_MAX_PERIOD = 16
+
+
+def loop_start(tokens: list[int]) -> Optional[int]:
+    """Index where a trailing loop's repeats begin (after its first copy), or None."""
+    n = len(tokens)
+    for period in range(1, LOOP_MAX_PERIOD + 1):
+        span = period * LOOP_REPEATS
+        if span > n:
+            break
+        tail = tokens[n - period:]
+        if all(tokens[n - k * period:n - (k - 1) * period] == tail for k in range(2, LOOP_REPEATS + 1)):
+            return n - span + period
+    return None
+
+
 class DecoderInputError(ValueError):
     """The decoder was handed something that is not this model's encoder output."""
 
@@ -74,10 +93,12 @@ class DecodeResult:
     prefix: list[int]
     # [heads, rows, 1500] cross-attention of the alignment heads, rows = predictor positions
     alignment_weights: Optional[torch.Tensor] = None
+    looped: bool = False  # decoding was stopped in a repetition loop (repeats trimmed)
 
     @property
     def is_silence(self) -> bool:
-        return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOGPROB_THRESHOLD
+        """openai-whisper's rule, plus: a loop over audio the model thinks is silent is silence."""
+        return self.no_speech_prob > NO_SPEECH_THRESHOLD and (self.avg_logprob < LOGPROB_THRESHOLD or self.looped)
 
 
 class WhisperDecoder:
@@ -216,6 +237,7 @@ class WhisperDecoder:
         rows = [self._head_rows(w)[:, -1:]] if record else []
         weight_layers = self.alignment_layers if record else frozenset()
         tokens: list[int] = []
+        looped = False
         logprob_sum = 0.0
         limit = min(opts.max_tokens, self.model.dims.n_text_ctx - len(prefix) - 1)
         suppress = self.suppress_begin
@@ -227,6 +249,13 @@ class WhisperDecoder:
             if nxt == self.tok.eot:
                 break
             tokens.append(nxt)
+            cut = loop_start(tokens)
+            if cut is not None:
+                del tokens[cut:]
+                if record:
+                    del rows[cut + 1:]
+                looped = True
+                break
             if len(tokens) == limit:
                 break
             hidden, w = self.net(torch.tensor([[nxt]], device=self.device), cache, cross.kv,
@@ -242,6 +271,7 @@ class WhisperDecoder:
             no_speech_prob=no_speech,
             prefix=prefix,
             alignment_weights=torch.cat(rows, dim=1) if record else None,
+            looped=looped,
         )
 
     def _beam(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
