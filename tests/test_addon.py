@@ -223,7 +223,7 @@ SUPERVISOR_MQTT = {"host": "core-mosquitto", "port": 1883, "ssl": False, "protoc
                    "username": "addons", "password": "supervisor-secret"}
 SERVER = ["-m", "wyoming_amanuensis", "--uri", "tcp://0.0.0.0:10300"]
 DEFAULT_ARGV = SERVER + ["--model", "base", "--beam-size", "1", "--encoder-backend", "auto",
-                         "--max-utterance-s", "30", "--no-int8-decoder", "--no-word-timestamps",
+                         "--max-utterance-s", "30", "--int8-decoder", "--no-word-timestamps",
                          "--streaming", "--no-debug"]
 
 
@@ -239,11 +239,11 @@ RUN_CASES = {
     "defaults": ({}, SUPERVISOR_MQTT, DEFAULT_ARGV, None),
     "custom model": (
         {"model": "custom", "custom_model": "my-whisper", "language": "de", "beam_size": 5,
-         "int8_decoder": True, "word_timestamps": True, "streaming": False,
+         "int8_decoder": False, "word_timestamps": True, "streaming": False,
          "max_utterance_seconds": 60, "debug_logging": True},
         None,
         SERVER + ["--model", "/config/models/my-whisper", "--language", "de", "--beam-size", "5",
-                  "--encoder-backend", "auto", "--max-utterance-s", "60", "--int8-decoder",
+                  "--encoder-backend", "auto", "--max-utterance-s", "60", "--no-int8-decoder",
                   "--word-timestamps", "--no-streaming", "--debug"],
         None,
     ),
