@@ -289,3 +289,16 @@ def load_settings(argv_namespace: Optional[argparse.Namespace] = None, environ: 
 def settings_from(**overrides: Any) -> Settings:
     """Defaults plus overrides, validated: for tests and library use (no env, no CLI)."""
     return dataclasses.replace(Settings(), **overrides).validate()
+
+
+def options_markdown() -> str:
+    """The options table in the README (kept in sync by a test)."""
+    rows = ["| option (CLI flag) | environment | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        default = f.default
+        if f.name == "instance":
+            default = "host name"
+        shown = "" if default in (None, ()) else str(default).lower() if isinstance(default, bool) else str(default)
+        envs = ", ".join(f"`{e}`" for e in env_names(f))
+        rows.append(f"| `--{f.name.replace('_', '-')}` | {envs} | {('`' + shown + '`') if shown else '(empty)'} | {f.metadata['help']} |")
+    return "\n".join(rows)
