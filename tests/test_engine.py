@@ -265,3 +265,37 @@ def test_other_engine_paths_transcribe(overrides):
 def test_short_commands_are_most_of_the_corpus():
     short = [c for c in CLIPS.values() if c.seconds <= SHORT_COMMAND_S]
     assert len(short) >= 60
+
+
+def _pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def test_batch_decoding_matches_single_requests(engine):
+    from wyoming_amanuensis.pipeline import PcmInput
+
+    names = ["s2p_gen_turn_on_the_lights", "jfk", "s2p_gen_next_track", "s2p_rec_lock_the_front_door"]
+    items = [PcmInput(_pcm16(audio(n)), 16000, 2, 1, Request(language="en")) for n in names]
+    items.insert(2, PcmInput(b"\0" * 30, 16000, 7, 1))  # a bad request fails alone
+    items.append(PcmInput(_pcm16(np.zeros(16000, dtype=np.float32)), 16000, 2, 1))  # silence
+    items.append(PcmInput(_pcm16(audio("s2p_gen_next_track")), 16000, 2, 1, Request(beam_size=3)))  # beam: alone
+    decoder = engine.models["base"].decoder
+    batches = []
+    real = decoder.decode_batch
+
+    def recording(crosses, opts):
+        batches.append(len(crosses))
+        return real(crosses, opts)
+
+    decoder.decode_batch = recording
+    try:
+        results = engine.transcribe_pcm_batch(items)
+    finally:
+        del decoder.decode_batch
+    assert batches == [4]  # the four greedy speech requests in one batch (silence never reaches the decoder)
+    assert isinstance(results[2], TranscriptionError) and results[2].code == "unsupported-audio"
+    texts = [normalize(r.text) for i, r in enumerate(results) if i not in (2,)]
+    expected = [normalize(CLIPS[n].reference) for n in names] + ["", "next track"]
+    assert texts == expected
+    greedy = [results[i] for i in (0, 1, 3, 4)]
+    assert all(r.timings.total_ms >= r.timings.decoder_ms > 0 for r in greedy)

@@ -184,100 +184,151 @@ class WhisperDecoder:
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.net.proj(self.net.ln(hidden)).float()
 
-    def _run_prefix(self, cross: CrossAttention, opts: DecodeOptions, cache):
-        """Feed prompt + start-of-transcript sequence.
+    def _stack(self, crosses: list[CrossAttention]) -> list[tuple]:
+        """Per-layer keys/values of several requests as one batch, padded to the longest
+        with masked (-inf) positions; a single request's are used as they are."""
+        if len(crosses) == 1:
+            return crosses[0].kv
+        out = []
+        for layer in range(len(crosses[0].kv)):
+            parts = [c.kv[layer] for c in crosses]
+            s_max = max(k.shape[2] for k, _, _ in parts)
+            ks, vs, bs = [], [], []
+            for k, v, bias in parts:
+                pad = s_max - k.shape[2]
+                ks.append(torch.nn.functional.pad(k, (0, 0, 0, pad)))
+                vs.append(torch.nn.functional.pad(v, (0, 0, 0, pad)))
+                row = bias if bias is not None else torch.zeros(1, k.shape[2], device=k.device)
+                bs.append(torch.nn.functional.pad(row, (0, pad), value=-math.inf))
+            out.append((torch.cat(ks), torch.cat(vs), torch.stack(bs)[:, :, None, :]))
+        return out
 
-        Returns (language, no_speech_prob, prefix, logits at the last prefix
-        position, cross-attention weights). When the language must be
-        detected, the prefix goes in two passes (up to sot, then the rest);
-        otherwise in one.
+    def _run_prefix(self, kv: list[tuple], opts: list[DecodeOptions], cache):
+        """Feed prompt + start-of-transcript sequence for a batch whose prompts are equally long.
+
+        Returns per row (language, no_speech_prob, prefix), the logits at the
+        last prefix position [B, V] and the cross-attention weights. When a
+        language must be detected, the prefix goes in two passes (up to sot,
+        then the rest); otherwise in one.
         """
         tok = self.tok
         max_prompt = self.model.dims.n_text_ctx // 2 - 1
-        head = [tok.sot_prev, *opts.prompt_tokens[-max_prompt:]] if opts.prompt_tokens else []
-        language = opts.language
-        if tok.multilingual and language is not None and language not in tok.languages:
-            _LOG.warning("language %r not known to model %s; detecting instead", language, self.model.name)
-            language = None
-        detect = tok.multilingual and language is None
-        weight_layers = self.alignment_layers if opts.record_alignment else frozenset()
-        if detect:
-            hidden, _ = self.net(torch.tensor([head + [tok.sot]], device=self.device), cache, cross.kv)
-            sot_logits = self._logits(hidden[:, -1])[0]
+        heads = [[tok.sot_prev, *o.prompt_tokens[-max_prompt:]] if o.prompt_tokens else [] for o in opts]
+        languages = []
+        for o in opts:
+            lang = o.language
+            if tok.multilingual and lang is not None and lang not in tok.languages:
+                _LOG.warning("language %r not known to model %s; detecting instead", lang, self.model.name)
+                lang = None
+            languages.append(lang if tok.multilingual else "en")
+        weight_layers = self.alignment_layers if any(o.record_alignment for o in opts) else frozenset()
+        n_head = len(heads[0])
+        if any(lang is None for lang in languages):
+            hidden, _ = self.net(torch.tensor([h + [tok.sot] for h in heads], device=self.device), cache, kv)
+            sot_logits = self._logits(hidden[:, -1])
             codes = list(tok.languages)
             ids = torch.tensor([tok.languages[c] for c in codes], device=self.device)
-            language = codes[int(sot_logits[ids].argmax())]
-            rest = tok.sot_sequence(language)[1:]
-            hidden, weights = self.net(torch.tensor([rest], device=self.device), cache, cross.kv,
-                                       weight_layers=weight_layers)
-            prefix = head + [tok.sot] + rest
+            best = sot_logits[:, ids].argmax(dim=-1).tolist()
+            languages = [lang or codes[i] for lang, i in zip(languages, best)]
+            rests = [tok.sot_sequence(lang)[1:] for lang in languages]
+            hidden, weights = self.net(torch.tensor(rests, device=self.device), cache, kv, weight_layers=weight_layers)
         else:
-            language = language if tok.multilingual else "en"
-            prefix = head + tok.sot_sequence(language)
-            hidden, weights = self.net(torch.tensor([prefix], device=self.device), cache, cross.kv,
-                                       weight_layers=weight_layers)
-            sot_logits = self._logits(hidden[:, len(head)])[0]
-        no_speech_prob = torch.softmax(sot_logits, dim=-1)[tok.no_speech].item()
-        return language, no_speech_prob, prefix, self._logits(hidden[:, -1]), weights
+            seqs = [h + tok.sot_sequence(lang) for h, lang in zip(heads, languages)]
+            hidden, weights = self.net(torch.tensor(seqs, device=self.device), cache, kv, weight_layers=weight_layers)
+            sot_logits = self._logits(hidden[:, n_head])
+        no_speech = torch.softmax(sot_logits, dim=-1)[:, tok.no_speech].tolist()
+        prefixes = [h + tok.sot_sequence(lang) for h, lang in zip(heads, languages)]
+        return languages, no_speech, prefixes, self._logits(hidden[:, -1]), weights
 
-    def _head_rows(self, weights: dict[int, torch.Tensor]) -> torch.Tensor:
-        """[heads, n, 1500] for the alignment heads out of per-layer weights [1, H, n, 1500]."""
-        return torch.stack([weights[layer][0, head] for layer, head in self.model.alignment_heads])
+    def _head_rows(self, weights: dict[int, torch.Tensor], row: int = 0) -> torch.Tensor:
+        """[heads, n, S] for the alignment heads out of per-layer weights [B, H, n, S]."""
+        return torch.stack([weights[layer][row, head] for layer, head in self.model.alignment_heads])
 
     @torch.inference_mode()
     def decode(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
         if opts.beam_size > 1:
             return self._beam(cross, opts)
-        return self._greedy(cross, opts)
+        return self._greedy([cross], [opts])[0]
 
-    def _greedy(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
-        cache = self.net.new_cache(1)
-        language, no_speech, prefix, logits, w = self._run_prefix(cross, opts, cache)
-        record = opts.record_alignment
-        rows = [self._head_rows(w)[:, -1:]] if record else []
-        weight_layers = self.alignment_layers if record else frozenset()
-        tokens: list[int] = []
-        looped = False
-        logprob_sum = 0.0
-        limit = min(opts.max_tokens, self.model.dims.n_text_ctx - len(prefix) - 1)
+    @torch.inference_mode()
+    def decode_batch(self, crosses: list[CrossAttention], opts: list[DecodeOptions]) -> list[DecodeResult]:
+        """Greedy decoding of several requests in one batch: each step reads the weights once
+        for all of them. Requests are grouped by prompt length (positions must line up)."""
+        results: list[Optional[DecodeResult]] = [None] * len(crosses)
+        groups: dict[int, list[int]] = {}
+        for i, o in enumerate(opts):
+            groups.setdefault(len(o.prompt_tokens), []).append(i)
+        for members in groups.values():
+            for i, r in zip(members, self._greedy([crosses[i] for i in members], [opts[i] for i in members])):
+                results[i] = r
+        return results  # type: ignore[return-value]
+
+    def _greedy(self, crosses: list[CrossAttention], opts: list[DecodeOptions]) -> list[DecodeResult]:
+        batch = len(crosses)
+        kv = self._stack(crosses)
+        cache = self.net.new_cache(batch)
+        languages, no_speech, prefixes, logits, w = self._run_prefix(kv, opts, cache)
+        record = [o.record_alignment for o in opts]
+        rows = [[self._head_rows(w, b)[:, -1:]] if record[b] else [] for b in range(batch)]
+        weight_layers = self.alignment_layers if any(record) else frozenset()
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        looped = [False] * batch
+        logprob_sum = [0.0] * batch
+        limits = [min(o.max_tokens, self.model.dims.n_text_ctx - len(p) - 1) for o, p in zip(opts, prefixes)]
+        active = [limit > 0 for limit in limits]
         suppress = self.suppress_begin
-        for _ in range(limit):
-            logp = torch.log_softmax(logits[0] + suppress, dim=-1)
+        last = [self.tok.eot] * batch
+        while any(active):
+            logp = torch.log_softmax(logits + suppress, dim=-1)
             suppress = self.suppress
-            nxt = int(logp.argmax())
-            logprob_sum += float(logp[nxt])
-            if nxt == self.tok.eot:
+            best = logp.argmax(dim=-1).tolist()
+            for b in range(batch):
+                if not active[b]:
+                    continue
+                nxt = best[b]
+                logprob_sum[b] += float(logp[b, nxt])
+                if nxt == self.tok.eot:
+                    active[b] = False
+                    continue
+                tokens[b].append(nxt)
+                last[b] = nxt
+                cut = loop_start(tokens[b])
+                if cut is not None:
+                    del tokens[b][cut:]
+                    if record[b]:
+                        del rows[b][cut + 1:]
+                    looped[b] = True
+                    active[b] = False
+                elif len(tokens[b]) >= limits[b]:
+                    active[b] = False
+            if not any(active):
                 break
-            tokens.append(nxt)
-            cut = loop_start(tokens)
-            if cut is not None:
-                del tokens[cut:]
-                if record:
-                    del rows[cut + 1:]
-                looped = True
-                break
-            if len(tokens) == limit:
-                break
-            hidden, w = self.net(torch.tensor([[nxt]], device=self.device), cache, cross.kv,
+            # finished rows keep stepping on a dummy token (their output is ignored): one
+            # shape for the whole batch is cheaper than re-packing caches every time one ends
+            hidden, w = self.net(torch.tensor([[t] for t in last], device=self.device), cache, kv,
                                  weight_layers=weight_layers)
             logits = self._logits(hidden[:, -1])
-            if record:
-                rows.append(self._head_rows(w))
-        n = len(tokens) + 1
-        return DecodeResult(
-            tokens=tokens,
-            language=language,
-            avg_logprob=logprob_sum / n,
-            no_speech_prob=no_speech,
-            prefix=prefix,
-            alignment_weights=torch.cat(rows, dim=1) if record else None,
-            looped=looped,
-        )
+            for b in range(batch):
+                if record[b] and active[b]:
+                    rows[b].append(self._head_rows(w, b))
+        return [
+            DecodeResult(
+                tokens=tokens[b],
+                language=languages[b],
+                avg_logprob=logprob_sum[b] / (len(tokens[b]) + 1),
+                no_speech_prob=no_speech[b],
+                prefix=prefixes[b],
+                alignment_weights=torch.cat(rows[b], dim=1) if record[b] else None,
+                looped=looped[b],
+            )
+            for b in range(batch)
+        ]
 
     def _beam(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
         beam = opts.beam_size
         cache = self.net.new_cache(1)
-        language, no_speech, prefix, logits, _ = self._run_prefix(cross, opts, cache)
+        languages, no_speeches, prefixes, logits, _ = self._run_prefix(cross.kv, [opts], cache)
+        language, no_speech, prefix = languages[0], no_speeches[0], prefixes[0]
         kv = [(k.expand(beam, -1, -1, -1), v.expand(beam, -1, -1, -1), b) for k, v, b in cross.kv]
         limit = min(opts.max_tokens, self.model.dims.n_text_ctx - len(prefix) - 1)
         eot = self.tok.eot

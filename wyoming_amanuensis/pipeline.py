@@ -15,8 +15,8 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch
 from . import align
 from .audio import SAMPLE_RATE, AudioFormatError, pcm_to_16k, to_mono_16k
 from .config import Settings
-from .decoder import DecodeOptions, DecodeResult, WhisperDecoder, max_tokens_for
+from .decoder import CrossAttention, DecodeOptions, DecodeResult, WhisperDecoder, max_tokens_for
 from .encoders import EncoderBackend, EncoderOutput, select_backend
 from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
 from .model.loader import WhisperModel, load_model
@@ -127,37 +127,73 @@ class Engine:
     # ------------------------------------------------------------- requests
     def transcribe_pcm(self, pcm: bytes, rate: int, width: int, channels: int, request: Request = Request()) -> Result:
         """Raw interleaved PCM in any format -> Result (the audio stage is timed)."""
-        timings = Timings()
-        t0 = time.perf_counter()
-        with _stage(timings, "audio"):
-            try:
-                audio = pcm_to_16k(pcm, rate, width, channels)
-            except AudioFormatError as err:
-                raise TranscriptionError("unsupported-audio", str(err)) from None
-        return self._run(audio, request, timings, t0)
+        job = self._job(lambda: pcm_to_16k(pcm, rate, width, channels), request)
+        with self._lock:
+            self._front(job)
+            if job.result is None:
+                self._decode([job])
+        return self._finish(job)
 
     def transcribe_array(self, samples: np.ndarray, rate: int, request: Request = Request()) -> Result:
         """Float samples ([frames] or [frames, channels]) at any rate -> Result."""
+        job = self._job(lambda: to_mono_16k(samples, rate), request)
+        with self._lock:
+            self._front(job)
+            if job.result is None:
+                self._decode([job])
+        return self._finish(job)
+
+    def transcribe_pcm_batch(self, items: list[PcmInput]) -> list[Union[Result, TranscriptionError]]:
+        """Several requests at once (``--batch-decoding``): each is converted, checked and
+        encoded on its own; greedy requests of one model then share one batched decode,
+        whose wall time each of them reports as its decoder time. A bad request fails
+        alone, with its TranscriptionError in its place in the returned list."""
+        jobs: list[Union[_Job, TranscriptionError]] = []
+        for item in items:
+            try:
+                jobs.append(self._job(lambda it=item: pcm_to_16k(it.pcm, it.rate, it.width, it.channels), item.request))
+            except TranscriptionError as err:
+                jobs.append(err)
+        live = [j for j in jobs if isinstance(j, _Job)]
+        with self._lock:
+            for job in live:
+                self._front(job)
+            pending = [j for j in live if j.result is None]
+            for name in {j.loaded.model.name for j in pending}:
+                group = [j for j in pending if j.loaded.model.name == name]
+                greedy = [j for j in group if j.options.beam_size == 1]
+                for j in group:
+                    if j.options.beam_size > 1:
+                        self._decode([j])
+                for k in range(0, len(greedy), self.settings.batch_decode_size):
+                    self._decode(greedy[k:k + self.settings.batch_decode_size])
+        return [self._finish(j) if isinstance(j, _Job) else j for j in jobs]
+
+    # --------------------------------------------------------------- stages
+    def _job(self, convert, request: Request) -> "_Job":
+        """Audio stage and request checks (outside the engine lock: no model involved)."""
         timings = Timings()
         t0 = time.perf_counter()
         with _stage(timings, "audio"):
             try:
-                audio = to_mono_16k(samples, rate)
+                audio = convert()
             except AudioFormatError as err:
                 raise TranscriptionError("unsupported-audio", str(err)) from None
-        return self._run(audio, request, timings, t0)
-
-    def _run(self, audio: np.ndarray, request: Request, timings: Timings, t0: float) -> Result:
         loaded = self.resolve_model(request.model)
         seconds = audio.shape[0] / SAMPLE_RATE
         if seconds > self.settings.max_utterance_s:
             raise TranscriptionError("audio-too-long",
                                      f"utterance of {seconds:.1f} s exceeds the maximum of {self.settings.max_utterance_s:g} s")
-        language = request.language or self.settings.language
-        with self._lock:
-            result = self._stages(loaded, audio, request, language, timings)
-        timings.total_ms = (time.perf_counter() - t0) * 1000.0
-        return result
+        want_words = self.settings.word_timestamps if request.word_timestamps is None else request.word_timestamps
+        want_words = bool(want_words) and not request.partial
+        beam = 1 if request.partial else (request.beam_size or self.settings.beam_size)
+        tokenizer = loaded.model.tokenizer
+        prompt = tokenizer.encode(" " + request.prompt.strip()) if request.prompt and request.prompt.strip() else []
+        options = DecodeOptions(language=request.language or self.settings.language, beam_size=beam,
+                                prompt_tokens=prompt, max_tokens=max_tokens_for(seconds),
+                                record_alignment=want_words and self.settings.fast_alignment and beam == 1)
+        return _Job(loaded=loaded, audio=audio, seconds=seconds, options=options, want_words=want_words,
+                    timings=timings, t0=t0)
 
     def _window_frames(self, n_samples: int) -> int:
         """Mel frames to encode: the speech plus a margin (fast path) or the whole 30 s window."""
@@ -168,50 +204,85 @@ class Engine:
         frames += frames % 2  # conv2 halves it: keep whole encoder positions
         return max(2, min(N_FRAMES_30S, frames))
 
-    def _stages(self, loaded: LoadedModel, audio: np.ndarray, request: Request, language: Optional[str],
-                timings: Timings) -> Result:
-        model = loaded.model
-        seconds = audio.shape[0] / SAMPLE_RATE
-        want_words = (self.settings.word_timestamps if request.word_timestamps is None else request.word_timestamps)
-        want_words = want_words and not request.partial
-
-        def result(text: str, lang: Optional[str], dec: Optional[DecodeResult], enc: Optional[EncoderOutput],
-                   words=None) -> Result:
-            return Result(text=text, language=lang, timings=timings, audio_seconds=seconds,
-                          tokens=len(dec.tokens) if dec else 0, encoder_backend=(enc.backend if enc else loaded.backend.name),
-                          model=model.name, words=words if want_words else None,
-                          encoder_fallback=bool(enc and enc.fallback), token_ids=list(dec.tokens) if dec else [])
-
+    def _front(self, job: "_Job") -> None:
+        """mel and encoder stages, then the decoder's per-request preparation (timed as decoder)."""
+        model, audio, timings = job.loaded.model, job.audio, job.timings
         if audio.size == 0 or float(np.abs(audio).max()) < SILENCE_PEAK:
-            return result("", language or (None if model.tokenizer.multilingual else "en"), None, None, words=[])
-
+            language = job.options.language or (None if model.tokenizer.multilingual else "en")
+            job.result = self._result(job, "", language, words=[])
+            return
         with _stage(timings, "mel"):
             frames = self._window_frames(audio.shape[0])
             mel = log_mel(audio, model.dims.n_mels, n_frames=frames)[None]
-
         with _stage(timings, "encoder"):
-            enc = loaded.backend.encode(mel, loaded.context)
-            enc.tail_cached = frames < N_FRAMES_30S
-            timings.npu_ms += enc.npu_ms
-
-        beam = 1 if request.partial else (request.beam_size or self.settings.beam_size)
-        fast_align = want_words and self.settings.fast_alignment and beam == 1
+            job.enc = job.loaded.backend.encode(mel, job.loaded.context)
+            job.enc.tail_cached = frames < N_FRAMES_30S
+            timings.npu_ms += job.enc.npu_ms
         with _stage(timings, "decoder"):
-            cross = loaded.decoder.prepare(enc)
-            prompt = model.tokenizer.encode(" " + request.prompt.strip()) if request.prompt and request.prompt.strip() else []
-            dec = loaded.decoder.decode(cross, DecodeOptions(language=language, beam_size=beam, prompt_tokens=prompt,
-                                                             max_tokens=max_tokens_for(seconds),
-                                                             record_alignment=fast_align))
-        if dec.is_silence:
-            return result("", dec.language, dec, enc, words=[])
-        text = model.tokenizer.decode(dec.tokens).strip()
+            job.cross = job.loaded.decoder.prepare(job.enc)
 
-        words = None
-        if want_words:
-            with _stage(timings, "alignment"):
-                weights = dec.alignment_weights
-                if weights is None or weights.shape[1] != len(dec.tokens) + 1:
-                    weights = loaded.decoder.alignment_pass(cross, dec)
-                positions = min(int(math.ceil(seconds * FRAMES_PER_SECOND / 2)), weights.shape[-1])
-                words = align.word_timestamps(weights, dec.tokens, model.tokenizer, positions, dec.language)
-        return result(text, dec.language, dec, enc, words=words)
+    def _decode(self, jobs: list["_Job"]) -> None:
+        decoder = jobs[0].loaded.decoder
+        t0 = time.perf_counter()
+        if len(jobs) == 1:
+            decoded = [decoder.decode(jobs[0].cross, jobs[0].options)]
+        else:
+            decoded = decoder.decode_batch([j.cross for j in jobs], [j.options for j in jobs])
+        elapsed = (time.perf_counter() - t0) * 1000.0
+        for job, dec in zip(jobs, decoded):
+            job.dec = dec
+            job.timings.decoder_ms += elapsed
+
+    def _finish(self, job: "_Job") -> Result:
+        """Silence verdict, text, optional alignment stage; stamps the total time."""
+        if job.result is None:
+            dec, model = job.dec, job.loaded.model
+            if dec.is_silence:
+                job.result = self._result(job, "", dec.language, words=[])
+            else:
+                words = None
+                if job.want_words:
+                    with _stage(job.timings, "alignment"):
+                        weights = dec.alignment_weights
+                        if weights is None or weights.shape[1] != len(dec.tokens) + 1:
+                            weights = job.loaded.decoder.alignment_pass(job.cross, dec)
+                        positions = min(int(math.ceil(job.seconds * FRAMES_PER_SECOND / 2)), weights.shape[-1])
+                        words = align.word_timestamps(weights, dec.tokens, model.tokenizer, positions, dec.language)
+                job.result = self._result(job, model.tokenizer.decode(dec.tokens).strip(), dec.language, words=words)
+        job.timings.total_ms = (time.perf_counter() - job.t0) * 1000.0
+        return job.result
+
+    @staticmethod
+    def _result(job: "_Job", text: str, language: Optional[str], words) -> Result:
+        dec, enc = job.dec, job.enc
+        return Result(text=text, language=language, timings=job.timings, audio_seconds=job.seconds,
+                      tokens=len(dec.tokens) if dec else 0,
+                      encoder_backend=enc.backend if enc else job.loaded.backend.name,
+                      model=job.loaded.model.name, words=words if job.want_words else None,
+                      encoder_fallback=bool(enc and enc.fallback), token_ids=list(dec.tokens) if dec else [])
+
+
+@dataclass
+class PcmInput:
+    pcm: bytes
+    rate: int
+    width: int
+    channels: int
+    request: Request = field(default_factory=Request)
+
+
+@dataclass
+class _Job:
+    """One request on its way through the stages."""
+
+    loaded: LoadedModel
+    audio: np.ndarray
+    seconds: float
+    options: DecodeOptions
+    want_words: bool
+    timings: Timings
+    t0: float
+    enc: Optional[EncoderOutput] = None
+    cross: Optional[CrossAttention] = None
+    dec: Optional[DecodeResult] = None
+    result: Optional[Result] = None
