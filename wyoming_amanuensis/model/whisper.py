@@ -264,8 +264,9 @@ class Encoder(nn.Module):
 class SelfCache:
     """Preallocated self-attention keys/values for every decoder layer: [L, 2, B, H, T, hd]."""
 
-    def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int, dtype=torch.float32):
-        self.kv = torch.zeros(n_layers, 2, batch, n_heads, max_len, head_dim, dtype=dtype)
+    def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int, dtype=torch.float32,
+                 device: torch.device | str = "cpu"):
+        self.kv = torch.zeros(n_layers, 2, batch, n_heads, max_len, head_dim, dtype=dtype, device=device)
         self.length = 0
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -304,7 +305,7 @@ class DecoderBlock(nn.Module):
         if n == 1:
             a = F.scaled_dot_product_attention(q, keys, values)
         else:
-            mask = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
+            mask = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(diagonal=start)
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         x = x + self.self_out(_merge_heads(a))
 
@@ -341,7 +342,8 @@ class Decoder(nn.Module):
 
     def new_cache(self, batch: int, max_len: Optional[int] = None) -> SelfCache:
         d = self.dims
-        return SelfCache(d.dec_layers, batch, d.dec_heads, max_len or d.n_text_ctx, d.width // d.dec_heads)
+        return SelfCache(d.dec_layers, batch, d.dec_heads, max_len or d.n_text_ctx, d.width // d.dec_heads,
+                         device=self.positions.device)
 
     def forward(self, tokens: torch.Tensor, cache: SelfCache, cross: list[tuple],
                 weight_layers: frozenset = frozenset()):
