@@ -195,9 +195,9 @@ def test_encoder_matches_cpu_encoder_at_every_length(machine, models, speech, mo
         cos = cosine(got.features, want.features)
         err = (got.features - want.features).abs()
         per_position = F.cosine_similarity(got.features[0].double(), want.features[0].double(), dim=1)
-        NUMERICS.append(f"{model_name:8s} {precision:6s} {seconds:5.1f} s: cosine {cos:.6f}, max abs error {float(err.max()):.3f} "
-                        f"(|ref| max {float(want.features.abs().max()):.1f}), mean abs error {float(err.mean()):.4f}, "
-                        f"worst position cosine {float(per_position.min()):.4f}")
+        NUMERICS.append(f"{model_name:8s} {precision:6s} {seconds:5.1f} s: cosine {cos:.7f} (1-cos {1 - cos:.1e}), "
+                        f"max abs error {float(err.max()):.2e} (|ref| max {float(want.features.abs().max()):.1f}), "
+                        f"mean abs error {float(err.mean()):.1e}, worst position cosine {float(per_position.min()):.5f}")
         assert cos > 0.999, NUMERICS[-1]
         assert float(per_position.min()) > 0.95, NUMERICS[-1]
         if precision == "bf16x3":
