@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+from urllib.parse import urlparse
 
 import yaml
 
@@ -23,6 +24,7 @@ ENV_PREFIX = "WYO_AMANUENSIS_"
 
 ENCODER_BACKENDS = ("auto", "npu", "cuda", "cpu")
 NPU_INSTR_UNITS = ("words", "bytes")
+NPU_PRECISIONS = ("bf16", "bf16x2", "bf16x3")
 
 
 class ConfigError(ValueError):
@@ -85,6 +87,7 @@ class Settings:
     # --- NPU ----------------------------------------------------------------
     npu_kernel_dir: Optional[str] = _opt(None, "Folder with the NPU kernel build (final.xclbin, insts.bin); default: the package's npu/build or /usr/share/amanuensis/npu.")
     npu_device_index: int = _opt(0, "XRT device index of the NPU.")
+    npu_precision: str = _opt("bf16x3", "NPU matrix-product precision: bf16 (one launch per tile), bf16x2 or bf16x3 (operands split into bf16 parts, 2 or 3 launches, near float32).", choices=NPU_PRECISIONS)
     npu_instr_units: str = _opt("words", "How the instruction count is passed to the kernel: 32-bit words (older mlir-aie) or bytes (newer).", choices=NPU_INSTR_UNITS)
 
     # ------------------------------------------------------------------------
@@ -138,6 +141,16 @@ class Settings:
             raise bad("shutdown_timeout_s", "must be >= 0")
         if not any(self.uri.startswith(s) for s in ("tcp://", "unix://", "stdio://")):
             raise bad("uri", "must start with tcp://, unix:// or stdio://")
+        if self.uri.startswith("tcp://"):
+            try:
+                parsed = urlparse(self.uri)
+                port = parsed.port
+            except ValueError as err:
+                raise bad("uri", f"not a valid tcp://HOST:PORT address ({err})") from None
+            if not parsed.hostname or port is None:
+                raise bad("uri", "tcp:// needs a host and a port, e.g. tcp://0.0.0.0:10300")
+        if self.uri.startswith("unix://") and not urlparse(self.uri).path:
+            raise bad("uri", "unix:// needs a socket path, e.g. unix:///run/amanuensis.sock")
         for name in ("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
@@ -247,9 +260,12 @@ def values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def build_parser(prog: str = "wyoming_amanuensis") -> argparse.ArgumentParser:
-    """Flags for every Settings field. Defaults are None so we can tell 'not given'."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--config", help="YAML file of option: value pairs (lowest precedence after defaults)")
+    """Flags for every Settings field. An option not given is absent from the namespace
+    (``argparse.SUPPRESS``), so we can tell 'not given', and ``--help`` shows each
+    option's real default (from the help text) rather than argparse's placeholder."""
+    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help=f"YAML file of option: value pairs (lowest precedence after defaults; "
+                                         f"env: {ENV_PREFIX}CONFIG)")
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         kind = _field_kind(f)
@@ -258,11 +274,11 @@ def build_parser(prog: str = "wyoming_amanuensis") -> argparse.ArgumentParser:
         help_text = f"{f.metadata['help']} (default: {default!r}; env: {envs})"
         help_text = help_text.replace("%", "%%")
         if kind == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         elif f.name == "zeroconf":
-            parser.add_argument(flag, dest=f.name, nargs="?", const=socket.gethostname(), default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, nargs="?", const=socket.gethostname(), help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+            parser.add_argument(flag, dest=f.name, metavar=f.name.upper(),
                                 choices=f.metadata["choices"] or None, help=help_text)
     return parser
 
