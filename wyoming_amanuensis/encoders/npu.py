@@ -30,7 +30,7 @@ from ..config import Settings
 from ..model.whisper import N_CTX_AUDIO, Encoder, SilenceContext, _split_heads
 from . import BackendUnavailable
 from .base import EncoderOutput
-from .npu_device import DEFAULT_PRECISION, PRECISIONS, NpuDevice, NpuLinear, NpuUnavailable, find_device_node, find_kernel_files, import_pyxrt
+from .npu_device import PRECISIONS, NpuDevice, NpuLinear, NpuUnavailable, find_device_node, find_kernel_files, import_pyxrt
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,10 +54,9 @@ class NpuEncoderBackend:
     # ---------------------------------------------------------------- set-up
     @classmethod
     def open(cls, encoder: Encoder, settings: Settings, precision: Optional[str] = None) -> "NpuEncoderBackend":
-        """``precision``: one of ``npu_device.PRECISIONS``; default ``settings.npu_precision`` if the
-        settings have it, else ``DEFAULT_PRECISION``."""
+        """``precision``: one of ``npu_device.PRECISIONS``; default ``settings.npu_precision``."""
         t0 = time.perf_counter()
-        precision = precision or getattr(settings, "npu_precision", None) or DEFAULT_PRECISION
+        precision = precision or settings.npu_precision
         if precision not in PRECISIONS:
             raise BackendUnavailable(f"npu precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         try:
