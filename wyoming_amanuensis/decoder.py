@@ -19,7 +19,7 @@ import torch
 
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
-from .model.quantize import int8_copy
+from .model.quantize import int8_linears
 from .model.whisper import N_CTX_AUDIO, Decoder, PooledTail
 
 _LOG = logging.getLogger(__name__)
@@ -114,11 +114,10 @@ class WhisperDecoder:
         if int8:
             if self.device.type != "cpu":
                 raise ValueError("the int8 decoder runs on the CPU only")
-            module = int8_copy(module)
+            # in place: the float decoder is only ever used through this object
+            module = int8_linears(module, inplace=True)
         elif self.device.type != "cpu":
-            import copy
-
-            module = copy.deepcopy(module).to(self.device)
+            module = module.to(self.device)
         self.int8 = int8
         self.net: Decoder = module
         self._check_silence(silence)

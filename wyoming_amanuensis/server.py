@@ -108,7 +108,8 @@ MAX_PROMPT_CHARS = 600
 # Telemetry is optional until its package lands; once present it is used.
 
 def _telemetry_classes() -> tuple[Any, Any]:
-    if importlib.util.find_spec(f"{__package__}.telemetry") is None:
+    spec = importlib.util.find_spec(f"{__package__}.telemetry")
+    if spec is None or spec.origin is None:  # absent, or a folder without __init__.py yet
         return None, None
     from .telemetry import RequestEvent, Telemetry  # noqa: PLC0415 - optional module
 

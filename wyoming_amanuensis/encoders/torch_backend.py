@@ -8,7 +8,7 @@ import torch
 
 from typing import Optional
 
-from ..model.quantize import int8_copy
+from ..model.quantize import int8_linears
 from ..model.whisper import Encoder, SilenceContext
 from .base import EncoderOutput
 
@@ -22,7 +22,8 @@ class TorchEncoderBackend:
             self.encoder = copy.deepcopy(encoder).to(self.device, dtype=torch.float16)
             self.dtype = torch.float16
         elif int8:
-            self.encoder = int8_copy(encoder)
+            # a copy: the float encoder stays intact for backends that fall back to it
+            self.encoder = int8_linears(encoder, inplace=False)
             self.dtype = torch.float32
         else:
             self.encoder = encoder

@@ -83,7 +83,7 @@ def read_model_bin(source: Union[str, Path, bytes, BinaryIO]) -> dict[str, np.nd
         except OSError as err:
             raise ModelFileError(f"{path}: cannot read model file: {err}") from None
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        path, data = "<bytes>", bytes(source)
+        path, data = "<bytes>", source
     else:
         path, data = getattr(source, "name", "<stream>"), source.read()
 
@@ -118,8 +118,10 @@ def read_model_bin(source: Union[str, Path, bytes, BinaryIO]) -> dict[str, np.nd
             dt = _DTYPES[dtype_code]
             if nbytes != dt.itemsize * n_items:
                 raise ModelFileError(f"{path}: variable {name}: {nbytes} bytes do not match shape {dims}")
-            # copy: the buffer offsets are unaligned and the file bytes are dropped afterwards
-            arr = np.frombuffer(raw, dtype=dt).copy()
+            # A view, not a copy: numpy handles the unaligned offsets, every consumer
+            # converts to float32 (a fresh array) anyway, and a copy would double the
+            # transient memory of loading. The views keep ``data`` alive until dropped.
+            arr = np.frombuffer(raw, dtype=dt)
         variables[name] = arr.reshape(dims) if dims else arr.reshape(())
 
     alias_count = r.u32("alias count")

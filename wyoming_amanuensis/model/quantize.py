@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 
-def int8_copy(module: nn.Module, per_channel: bool = True) -> nn.Module:
-    """A copy of ``module`` whose Linear layers run with int8 weights; the original is untouched."""
+def int8_linears(module: nn.Module, *, inplace: bool, per_channel: bool = True) -> nn.Module:
+    """``module`` with its Linear layers running on int8 weights: a copy, or (``inplace``) the
+    module itself, which then no longer holds its float Linear weights (saves their memory)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
         qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-        return quantize_dynamic(module, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=False)
+        return quantize_dynamic(module, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=inplace)

@@ -372,7 +372,7 @@ class Decoder(nn.Module):
         d, dims = self.dims.width, self.dims
         emb = w.get("decoder/embeddings/weight", (dims.n_vocab, d))
         self.token_embedding.weight.data.copy_(emb)
-        self.proj.weight.data.copy_(emb)
+        self.proj.weight = self.token_embedding.weight  # tied, as in Whisper: one copy in memory
         self.positions.copy_(w.get("decoder/position_encodings/encodings", (dims.n_text_ctx, d)))
         for i, b in enumerate(self.blocks):
             p = f"decoder/layer_{i}"
