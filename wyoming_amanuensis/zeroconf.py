@@ -54,6 +54,7 @@ class Advertiser:
 
 async def advertise(name: str, bind_host: Optional[str], port: int) -> Optional[Advertiser]:
     """Register the service; on failure log why and return None (the server keeps serving)."""
+    zc = None
     try:
         from wyoming.zeroconf import HomeAssistantZeroconf  # noqa: PLC0415 - needs the zeroconf extra
 
@@ -64,6 +65,8 @@ async def advertise(name: str, bind_host: Optional[str], port: int) -> Optional[
         await zc.register_server()
     except Exception as err:  # noqa: BLE001 - discovery is a convenience, serving is not
         _LOG.error("zeroconf: cannot advertise %s on port %d: %s", name, port, err)
+        if zc is not None:
+            await Advertiser(zc).close()
         return None
     if ipaddress.ip_address(zc.host).is_loopback:
         _LOG.warning("zeroconf: advertising loopback address %s; only this host can connect", zc.host)

@@ -1,0 +1,567 @@
+"""Server, scheduler and helpers in-process, with a scripted engine: exact checks of
+ordering, cancellation, bounds and cleanup that a real engine makes slow or racy."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import pytest
+from wyoming.asr import Transcribe, Transcript
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.info import Describe, Info
+
+from wyoming_amanuensis import server as server_mod
+from wyoming_amanuensis.config import settings_from
+from wyoming_amanuensis.pipeline import Request, TranscriptionError
+from wyoming_amanuensis.result import Result, Timings
+from wyoming_amanuensis.scheduler import QueueFull, Scheduler, SchedulerClosed
+from wyoming_amanuensis.server import AmanuensisServer, _Stabilizer, _Utterance, _Params, build_prompt
+
+SECOND = 32000  # bytes of 16 kHz mono 16-bit
+
+
+class FakeEngine:
+    """Engine stand-in: records calls; ``gate`` holds the worker; text from a script."""
+
+    default_model = "fake"
+    encoder_backend = "cpu"
+
+    def __init__(self, text=None, delay: float = 0.0):
+        self.calls: list[tuple[int, Request]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+        self.delay = delay
+        self.text = text or (lambda pcm, request: f"{len(pcm) // SECOND} seconds")
+
+    def model_languages(self):
+        return {"fake": ["en", "de"], "fake.en": ["en"]}
+
+    def transcribe_pcm(self, pcm, rate, width, channels, request=Request()):
+        assert (rate, width, channels) == (16000, 2, 1)
+        self.calls.append((len(pcm), request))
+        self.started.set()
+        self.gate.wait(30)
+        time.sleep(self.delay)
+        if request.prompt == "explode":
+            raise TranscriptionError("unsupported-audio", "scripted failure")
+        return Result(text=self.text(pcm, request), language=request.language or "en",
+                      timings=Timings(audio_ms=1, total_ms=5), audio_seconds=len(pcm) / SECOND, tokens=3,
+                      encoder_backend="cpu", model=request.model or "fake")
+
+    @property
+    def finals(self):
+        return [r for _, r in self.calls if not r.partial]
+
+    @property
+    def partials(self):
+        return [r for _, r in self.calls if r.partial]
+
+
+class FakeTelemetry:
+    def __init__(self):
+        self.events = []
+
+    def record(self, event):
+        self.events.append(event)
+
+
+class Harness:
+    def __init__(self, engine: FakeEngine, **overrides):
+        settings = settings_from(uri="tcp://127.0.0.1:0", **overrides)
+        self.engine = engine
+        self.telemetry = FakeTelemetry()
+        self.server = AmanuensisServer(settings, engine, self.telemetry if server_mod.RequestEventClass else None)
+        if server_mod.RequestEventClass is None:  # telemetry package not there yet: record what would go out
+            self.server.record = lambda rid, params, outcome, result=None, queue_ms=0.0: self.telemetry.record(
+                type("Ev", (), dict(request_id=rid, outcome=outcome, result=result, queue_ms=queue_ms))())
+
+    async def __aenter__(self):
+        await self.server.start()
+        self.host, self.port = self.server.address
+        return self
+
+    async def __aexit__(self, *exc):
+        self.engine.gate.set()
+        await self.server.stop(timeout=5)
+
+    def client(self) -> AsyncTcpClient:
+        return AsyncTcpClient(self.host, self.port)
+
+    @property
+    def outcomes(self):
+        return [e.outcome for e in self.telemetry.events]
+
+
+async def read(client, timeout=10):
+    return await asyncio.wait_for(client.read_event(), timeout)
+
+
+async def read_types_until(client, last: str, timeout=10):
+    events = []
+    while True:
+        event = await read(client, timeout)
+        assert event is not None, [e.type for e in events]
+        events.append(event)
+        if event.type == last or event.type == "error":
+            return events
+
+
+async def utterance(client, seconds: float, *, stop=True, rate=16000, width=2, channels=1, chunk=0.1, value=1000):
+    await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
+    frames = int(chunk * rate)
+    sample = int(value).to_bytes(2, "little", signed=True) if width == 2 else bytes(width)
+    block = sample * channels * frames
+    for _ in range(int(round(seconds / chunk))):
+        await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=block).event())
+    if stop:
+        await client.write_event(AudioStop().event())
+
+
+async def until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------
+# scheduler
+
+async def test_scheduler_finals_before_partials_and_queue_time():
+    sched = Scheduler(depth=4)
+    await sched.start()
+    gate = threading.Event()
+    order = []
+
+    def job(name, wait=False):
+        def fn():
+            if wait:
+                gate.wait(10)
+            order.append(name)
+            return name
+        return fn
+
+    first = asyncio.create_task(sched.run_final(job("f0", wait=True)))
+    await until(lambda: sched.busy)
+    p1 = asyncio.create_task(sched.run_partial(job("p1")))
+    await asyncio.sleep(0.05)
+    f1 = asyncio.create_task(sched.run_final(job("f1")))
+    await asyncio.sleep(0.05)
+    p2 = await sched.run_partial(job("p2"))  # a final waits: skipped at once
+    assert p2 is None
+    gate.set()
+    (r0, q0), (r1, q1) = await first, await f1
+    assert await p1 is None  # dropped when f1 arrived
+    assert order == ["f0", "f1"] and (r0, r1) == ("f0", "f1")
+    assert q1 >= 40.0  # waited behind f0
+    assert (await sched.run_partial(job("p3")))[0] == "p3"  # nothing waiting: partials run
+    await sched.close()
+
+
+async def test_scheduler_depth_cancel_errors_and_close():
+    sched = Scheduler(depth=2)
+    await sched.start()
+    gate = threading.Event()
+    called = []
+
+    def fn(name):
+        def run():
+            called.append(name)
+            gate.wait(10)
+            if name == "bad":
+                raise ValueError("boom")
+            return name
+        return run
+
+    running = asyncio.create_task(sched.run_final(fn("a")))
+    await until(lambda: sched.busy)
+    waiting = asyncio.create_task(sched.run_final(fn("b")))
+    bad = asyncio.create_task(sched.run_final(fn("bad")))
+    await asyncio.sleep(0.05)
+    with pytest.raises(QueueFull):
+        await sched.run_final(fn("c"))
+    waiting.cancel()  # its caller went away: it leaves the queue
+    await asyncio.sleep(0.05)
+    assert sched.finals_waiting == 1
+    gate.set()
+    assert (await running)[0] == "a"
+    with pytest.raises(ValueError):
+        await bad
+    assert called == ["a", "bad"]
+    assert await sched.drain(5)
+    gate.clear()
+    blocked = asyncio.create_task(sched.run_final(fn("d")))
+    await until(lambda: sched.busy)
+    queued = asyncio.create_task(sched.run_final(fn("e")))
+    await asyncio.sleep(0.05)
+    assert not await sched.drain(0.1)
+    closing = asyncio.create_task(sched.close())
+    with pytest.raises(SchedulerClosed):
+        await queued
+    gate.set()
+    await closing
+    await blocked
+    with pytest.raises(SchedulerClosed):
+        await sched.run_final(fn("f"))
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+def test_stabilizer_sends_agreed_words_once():
+    s = _Stabilizer()
+    assert s.update("Turn on") == ""
+    assert s.update("Turn on the") == "Turn on"
+    assert s.update("Turn on the living") == " the"
+    assert s.update("Turn off the living room") == ""  # disagrees with what was sent: nothing new
+    assert s.update("Turn on the living room") == ""
+    assert s.update("Turn on the living room lamp.") == " living room"
+    assert s.finish("Turn on the living room lamp.") == " lamp."
+    assert s.sent + " lamp." == "Turn on the living room lamp."
+    t = _Stabilizer()
+    t.update("Turn on the")
+    t.update("Turn on the lights")
+    assert t.finish("Turn off the lights.") == ""  # final revised a sent word: the transcript event corrects
+    assert _Stabilizer().finish("Hello.") == "Hello."
+
+
+def test_build_prompt_orders_names_last_and_bounds_length():
+    assert build_prompt([], []) is None
+    assert build_prompt(["Ecobee", "Kitchen"], ["temperature"]) == "temperature, Ecobee, Kitchen"
+    assert build_prompt(["  Living   Room "], ["Living Room"]) == "Living Room"
+    long = build_prompt([f"Name {i}" for i in range(200)], [f"term {i}" for i in range(200)])
+    assert len(long) <= server_mod.MAX_PROMPT_CHARS and long.endswith("Name 199")
+
+
+@pytest.mark.parametrize("rate, width, channels", [(16000, 2, 1), (44100, 2, 2), (48000, 4, 1), (8000, 1, 1),
+                                                   (22050, 3, 2), (16000, 2, 6)])
+def test_chunks_are_converted_to_16k_mono_16bit(rate, width, channels):
+    t = np.arange(rate) / rate  # one second of a 440 Hz tone at half scale
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    frames = np.repeat(tone[:, None], channels, axis=1)
+    if width == 1:
+        raw = ((frames * 128) + 128).astype(np.uint8).tobytes()
+    elif width == 3:
+        ints = (frames * 8388607).astype("<i4").reshape(-1)
+        raw = b"".join(int(v).to_bytes(3, "little", signed=True) for v in ints)
+    else:
+        raw = (frames * (2 ** (8 * width - 1) - 1)).astype(f"<i{width}").tobytes()
+    utt = _Utterance(params=_Params(), max_bytes=10 * SECOND)
+    step = 1024 * width * channels
+    out = b"".join(utt.to_16k(rate, width, channels, raw[i:i + step]) for i in range(0, len(raw), step))
+    pcm = np.frombuffer(out, dtype="<i2") / 32768.0
+    assert abs(len(pcm) - 16000) <= 16
+    peak = np.abs(pcm[100:-100]).max()
+    assert 0.45 < peak < 0.55  # averaged, not summed: no clipping
+
+
+# ---------------------------------------------------------------------------
+# the server with a scripted engine
+
+async def test_info_and_transcript_extra_fields_and_telemetry():
+    engine = FakeEngine()
+    async with Harness(engine) as h:
+        async with h.client() as client:
+            await client.write_event(Describe().event())
+            info = Info.from_event(await read(client))
+            assert [m.name for m in info.asr[0].models] == ["fake", "fake.en"]
+            await client.write_event(Transcribe(name="fake.en", language="en-GB",
+                                                transcript_names=["Ecobee"], transcript_terms=["thermostat"]).event())
+            await utterance(client, 2.0)
+            event = await read(client)
+    assert Transcript.from_event(event).text == "2 seconds"
+    data = event.data
+    assert data["language"] == "en" and data["model"] == "fake.en"
+    assert set(data) >= {"text", "language", "timings", "audio_seconds", "realtime_factor", "tokens",
+                         "encoder_backend", "encoder_fallback", "model", "request_id"}
+    assert data["timings"]["queue_ms"] >= 0
+    request = engine.finals[0]
+    assert request.prompt == "thermostat, Ecobee" and request.language == "en" and request.model == "fake.en"
+    assert h.outcomes == ["ok"]
+    ev = h.telemetry.events[0]
+    assert ev.request_id == data["request_id"] and ev.result.timings.queue_ms == ev.queue_ms
+
+
+async def test_busy_when_the_queue_is_full():
+    engine = FakeEngine()
+    engine.gate.clear()
+    async with Harness(engine, queue_depth=1) as h:
+        clients = [h.client() for _ in range(3)]
+        for c in clients:
+            await c.connect()
+        await utterance(clients[0], 1.0)
+        await asyncio.to_thread(engine.started.wait, 5)  # running
+        await utterance(clients[1], 1.0)  # waiting (depth 1)
+        await until(lambda: h.server.scheduler.finals_waiting == 1)
+        await utterance(clients[2], 1.0)
+        error = Error.from_event(await read(clients[2]))
+        assert error.code == "busy"
+        engine.gate.set()
+        assert (await read(clients[0])).type == "transcript"
+        assert (await read(clients[1])).type == "transcript"
+        for c in clients:
+            await c.disconnect()
+    assert sorted(h.outcomes) == ["busy", "ok", "ok"]
+
+
+async def test_vanishing_clients_leave_no_state_no_task_and_no_queued_work():
+    engine = FakeEngine()
+    engine.gate.clear()
+    async with Harness(engine) as h:
+        a = h.client()
+        await a.connect()
+        await utterance(a, 1.0)  # runs, blocked in the engine
+        await asyncio.to_thread(engine.started.wait, 5)
+        b, c = h.client(), h.client()
+        await b.connect()
+        await c.connect()
+        await utterance(b, 3.0)  # queued behind a, then b vanishes
+        await utterance(c, 2.0, stop=False)  # mid-utterance, then c vanishes
+        await until(lambda: h.server.scheduler.finals_waiting == 1 and len(h.server.handlers) == 3)
+        await b.disconnect()
+        await c.disconnect()
+        await until(lambda: len(h.server.handlers) == 1)
+        assert h.server.scheduler.finals_waiting == 0
+        engine.gate.set()
+        assert (await read(a)).type == "transcript"
+        await a.disconnect()
+        await until(lambda: not h.server.handlers)
+        await until(lambda: h.server.scheduler.idle)
+        assert len(engine.finals) == 1  # b's request never reached the engine
+        left = [t for t in asyncio.all_tasks() if t.get_name().startswith(("final ", "partial "))]
+        assert left == []
+    assert sorted(h.outcomes) == ["disconnected", "disconnected", "ok"]
+
+
+async def test_too_long_audio_is_dropped_as_it_arrives():
+    engine = FakeEngine()
+    async with Harness(engine, max_utterance_s=2.0) as h:
+        async with h.client() as client:
+            await utterance(client, 2.5, stop=False)
+            error = Error.from_event(await read(client))
+            assert error.code == "audio-too-long"
+            handler = next(iter(h.server.handlers))
+            assert handler._utt.refused and len(handler._utt.pcm) == 0
+            await client.write_event(AudioStop().event())
+            await utterance(client, 1.0)
+            assert (await read(client)).data["text"] == "1 seconds"
+    assert len(engine.finals) == 1 and h.outcomes == ["audio-too-long", "ok"]
+
+
+async def test_engine_errors_become_error_events():
+    engine = FakeEngine()
+    async with Harness(engine) as h:
+        async with h.client() as client:
+            await client.write_event(Transcribe(transcript_names=["explode"]).event())
+            await utterance(client, 1.0)
+            error = Error.from_event(await read(client))
+            assert error.code == "unsupported-audio" and "scripted" in error.text
+            await client.write_event(Transcribe().event())
+            await utterance(client, 1.0)
+            assert (await read(client)).type == "transcript"
+
+
+async def test_streaming_order_and_partials_yield_to_finals():
+    script = ["Turn", "Turn on", "Turn on the", "Turn on the living", "Turn on the living room"]
+
+    def text(pcm, request):
+        n = len(pcm) // SECOND
+        return "Turn on the living room lamp." if not request.partial else script[min(n, len(script)) - 1]
+
+    engine = FakeEngine(text=text)
+    async with Harness(engine, partial_interval_s=1.0) as h:
+        async with h.client() as client:
+            request = Transcribe(language="en").event()
+            request.data["context"] = {"streaming": True}
+            await client.write_event(request)
+            await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            for i in range(5):
+                await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=bytes(SECOND)).event())
+                await until(lambda: len(engine.partials) == i + 1)
+                await until(lambda: not any(t.get_name().startswith("partial") for t in asyncio.all_tasks()))
+            await client.write_event(AudioStop().event())
+            events = await read_types_until(client, "transcript-stop")
+    types = [e.type for e in events]
+    assert types[0] == "transcript-start" and types[-2:] == ["transcript", "transcript-stop"]
+    chunks = [e.data["text"] for e in events if e.type == "transcript-chunk"]
+    assert len(chunks) >= 3 and "".join(chunks) == "Turn on the living room lamp."
+    assert len(engine.partials) == 5
+
+    # With finals waiting (someone else's), no partial decode starts.
+    engine = FakeEngine(text=text)
+    engine.gate.clear()
+    async with Harness(engine, partial_interval_s=0.5) as h:
+        other = h.client()
+        await other.connect()
+        await utterance(other, 1.0)
+        await asyncio.to_thread(engine.started.wait, 5)
+        third = h.client()
+        await third.connect()
+        await utterance(third, 1.0)  # waits in the queue
+        await until(lambda: h.server.scheduler.finals_waiting == 1)
+        async with h.client() as client:
+            request = Transcribe().event()
+            request.data["streaming"] = True
+            await client.write_event(request)
+            await utterance(client, 3.0, stop=False)
+            await asyncio.sleep(0.2)
+            assert engine.partials == []
+            engine.gate.set()
+            await client.write_event(AudioStop().event())
+            events = await read_types_until(client, "transcript-stop")
+            assert events[-2].data["text"] == "Turn on the living room lamp."
+        for c in (other, third):
+            assert (await read(c)).type == "transcript"
+            await c.disconnect()
+
+
+async def test_graceful_stop_finishes_in_flight_and_closes_idle():
+    engine = FakeEngine(delay=0.3)
+    h = Harness(engine)
+    await h.__aenter__()
+    idle, busy, talking = h.client(), h.client(), h.client()
+    for c in (idle, busy, talking):
+        await c.connect()
+    await idle.write_event(Describe().event())
+    await read(idle)
+    await utterance(busy, 1.0)
+    await utterance(talking, 1.0, stop=False)
+    await until(lambda: len(h.server.handlers) == 3 and engine.calls)
+    stopping = asyncio.create_task(h.server.stop(timeout=5))
+    assert await read(idle) is None  # idle: closed at once
+    assert (await read(busy)).type == "transcript"  # in flight: answered
+    await asyncio.sleep(0.1)
+    await talking.write_event(AudioStop().event())  # mid-utterance: may finish within the timeout
+    assert (await read(talking)).type == "transcript"
+    await asyncio.wait_for(stopping, 10)
+    assert not h.server.handlers
+    for c in (idle, busy, talking):
+        await c.disconnect()
+
+
+async def test_graceful_stop_gives_up_after_the_timeout():
+    engine = FakeEngine()
+    h = Harness(engine)
+    await h.__aenter__()
+    async with h.client() as talking:
+        await utterance(talking, 1.0, stop=False)
+        await until(lambda: len(h.server.handlers) == 1)
+        t0 = time.monotonic()
+        await h.server.stop(timeout=0.5)
+        assert time.monotonic() - t0 < 5
+        assert await read(talking) is None
+    assert not h.server.handlers
+
+
+def test_telemetry_is_used_once_its_package_exists():
+    import importlib.util
+
+    spec = importlib.util.find_spec("wyoming_amanuensis.telemetry")
+    present = spec is not None and spec.origin is not None
+    assert (server_mod.TelemetryClass is not None) == present
+    assert (server_mod.RequestEventClass is not None) == present
+
+
+# ---------------------------------------------------------------------------
+# serve(): telemetry wiring, zeroconf
+
+class RecordingTelemetry:
+    instances: list["RecordingTelemetry"] = []
+
+    def __init__(self, settings, *, encoder_backend, models, version):
+        self.args = dict(encoder_backend=encoder_backend, models=models, version=version)
+        self.calls = []
+        self.events = []
+        RecordingTelemetry.instances.append(self)
+
+    @property
+    def enabled(self):
+        return True
+
+    async def start(self):
+        self.calls.append("start")
+
+    async def stop(self):
+        self.calls.append("stop")
+
+    def record(self, event):
+        self.events.append(event)
+
+
+class RecordedEvent:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+async def test_serve_runs_telemetry_around_serving_and_records_requests(monkeypatch):
+    monkeypatch.setattr(server_mod, "TelemetryClass", RecordingTelemetry)
+    if server_mod.RequestEventClass is None:
+        monkeypatch.setattr(server_mod, "RequestEventClass", RecordedEvent)
+    RecordingTelemetry.instances.clear()
+    stop = asyncio.Event()
+    ready = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(server_mod.serve(settings_from(uri="tcp://127.0.0.1:0"), FakeEngine(),
+                                                   stop=stop, ready=ready))
+    server = await asyncio.wait_for(ready, 10)
+    telemetry = RecordingTelemetry.instances[0]
+    assert telemetry.calls == ["start"]
+    assert telemetry.args == {"encoder_backend": "cpu", "models": ["fake", "fake.en"],
+                              "version": server_mod.__version__}
+    host, port = server.address
+    async with AsyncTcpClient(host, port) as client:
+        await utterance(client, 1.0)
+        transcript = await read(client)
+        await client.write_event(AudioStart(rate=16000, width=7, channels=1).event())
+        await read(client)
+    stop.set()
+    await asyncio.wait_for(serving, 10)
+    assert telemetry.calls == ["start", "stop"]
+    ok, failed = telemetry.events
+    assert (ok.outcome, ok.model, ok.request_id) == ("ok", "fake", transcript.data["request_id"])
+    assert ok.result.timings.queue_ms == ok.queue_ms and ok.encoder_backend == "cpu"
+    assert (failed.outcome, failed.result) == ("unsupported-audio", None)
+
+
+def test_zeroconf_advertises_a_real_address():
+    from wyoming_amanuensis.zeroconf import advertised_host
+
+    assert advertised_host("0.0.0.0") is None and advertised_host("") is None  # detect, never 0.0.0.0
+    assert advertised_host("192.168.1.20") == "192.168.1.20"
+    assert advertised_host("localhost") == "127.0.0.1"
+    with pytest.raises(ValueError):
+        advertised_host("fe80::1")
+
+
+async def test_zeroconf_flag_advertises_the_bound_port_at_the_host_address():
+    zeroconf_asyncio = pytest.importorskip("zeroconf.asyncio")
+    from wyoming_amanuensis.zeroconf import advertised_host
+
+    name = f"amanuensis-test-{time.monotonic_ns() % 100000}"
+    stop = asyncio.Event()
+    ready = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(server_mod.serve(settings_from(uri="tcp://0.0.0.0:0", zeroconf=name), FakeEngine(),
+                                                   stop=stop, ready=ready))
+    try:
+        server = await asyncio.wait_for(ready, 10)
+        port = server.address[1]
+        zc = zeroconf_asyncio.AsyncZeroconf()
+        try:
+            info = await zc.async_get_service_info("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.",
+                                                   timeout=3000)
+        finally:
+            await zc.async_close()
+        if info is None:
+            pytest.skip("no mDNS here (no interface, or multicast does not loop back)")
+        assert info.port == port
+        assert info.parsed_addresses() and all(a not in ("0.0.0.0", "127.0.0.1") for a in info.parsed_addresses())
+        assert advertised_host("0.0.0.0") is None
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 10)
