@@ -1,35 +1,31 @@
-"""Topics and JSON payloads: the one place that decides what telemetry looks like.
+"""Where every MQTT topic and payload is built: pure functions, no I/O.
 
-Topic layout under the prefix (default ``amanuensis/<instance>``):
+Topic layout (``<prefix>`` defaults to ``amanuensis/<instance>``)::
 
-    <prefix>/status     "online" / "offline" (retained; "offline" is the last will)
-    <prefix>/request    one JSON message per finished or failed request
-    <prefix>/stats      periodic JSON summary (retained, so a new subscriber sees it at once)
-    <discovery>/sensor/amanuensis_<instance>/<key>/config   Home Assistant discovery (retained)
+    <prefix>/status     online | offline        retained; offline is also the last will
+    <prefix>/request    one JSON per request     not retained (events, not state)
+    <prefix>/stats      JSON stats               retained (so Home Assistant has values at once)
+    <discovery>/sensor/<node_id>/<object_id>/config   Home Assistant discovery, retained
+
+The per-request ``timings`` object is the Result's ``Timings.as_dict()``, the
+very dict the server puts on the transcript event, so the two cannot drift.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..config import Settings
 from ..result import Result
+from .stats import StatsSnapshot
 
-STATUS_ONLINE = "online"
-STATUS_OFFLINE = "offline"
-
-
-@dataclass
-class RequestEvent:
-    request_id: str
-    model: str
-    language: Optional[str]
-    outcome: str  # "ok" or an error code such as "audio-too-long"
-    result: Optional[Result] = None  # None when the request failed before a result existed
-    queue_ms: float = 0.0
-    encoder_backend: str = ""
+ONLINE = "online"
+OFFLINE = "offline"
+DEVICE_NAME = "Amanuensis"
 
 
 @dataclass(frozen=True)
@@ -40,81 +36,169 @@ class Topics:
     discovery_prefix: str
     node_id: str
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "Topics":
-        prefix = settings.topic_prefix.rstrip("/")
-        node = "amanuensis_" + re.sub(r"[^a-zA-Z0-9_-]", "_", settings.instance)
-        return cls(status=f"{prefix}/status", request=f"{prefix}/request", stats=f"{prefix}/stats",
-                   discovery_prefix=settings.mqtt_discovery_prefix.rstrip("/"), node_id=node)
-
-    def discovery(self, key: str) -> str:
-        return f"{self.discovery_prefix}/sensor/{self.node_id}/{key}/config"
+    def discovery(self, object_id: str) -> str:
+        return f"{self.discovery_prefix}/sensor/{self.node_id}/{object_id}/config"
 
 
-def request_payload(event: RequestEvent, include_text: bool) -> dict[str, Any]:
-    """Per-request message: the transcript event's timings, plus outcome and queue wait."""
-    r = event.result
-    body: dict[str, Any] = {
+def node_id(instance: str) -> str:
+    """Home Assistant accepts only [a-zA-Z0-9_-] in discovery topic segments."""
+    return "amanuensis_" + (re.sub(r"[^a-zA-Z0-9_-]+", "_", instance).strip("_") or "default")
+
+
+def topics_for(settings: Settings) -> Topics:
+    prefix = settings.topic_prefix.rstrip("/")
+    return Topics(
+        status=f"{prefix}/status",
+        request=f"{prefix}/request",
+        stats=f"{prefix}/stats",
+        discovery_prefix=settings.mqtt_discovery_prefix.rstrip("/"),
+        node_id=node_id(settings.instance),
+    )
+
+
+@dataclass
+class RequestEvent:
+    """One finished request, as the server reports it to ``Telemetry.record``."""
+
+    request_id: str
+    model: str
+    language: Optional[str]
+    outcome: str                     # "ok" or an error code string such as "audio-too-long"
+    result: Optional[Result] = None  # None when the request failed before a result existed
+    queue_ms: float = 0.0
+    encoder_backend: str = ""
+
+
+def queue_ms(event: RequestEvent) -> float:
+    # The server fills both; the event's value also covers requests without a result.
+    if event.queue_ms or event.result is None:
+        return round(event.queue_ms, 3)
+    return round(event.result.timings.queue_ms, 3)
+
+
+def latency_ms(event: RequestEvent) -> Optional[float]:
+    """What the client waited for: queue wait plus the pipeline's wall time."""
+    if event.result is None:
+        return None
+    return round(queue_ms(event) + event.result.timings.total_ms, 3)
+
+
+def request_payload(event: RequestEvent, *, include_text: bool, default_backend: str,
+                    now: Optional[float] = None) -> dict[str, Any]:
+    """Every key is always present (null where a failed request has no value),
+    so consumers need no per-outcome schema."""
+    result = event.result
+    payload: dict[str, Any] = {
         "request_id": event.request_id,
+        "timestamp": round(time.time() if now is None else now, 3),
         "model": event.model,
         "language": event.language,
-        "encoder_backend": (r.encoder_backend if r else event.encoder_backend) or None,
         "outcome": event.outcome,
-        "queue_ms": round(event.queue_ms, 3),
+        "encoder_backend": (result.encoder_backend if result else event.encoder_backend) or default_backend,
+        "encoder_fallback": bool(result and result.encoder_fallback),
+        "audio_seconds": round(result.audio_seconds, 3) if result else None,
+        "latency_ms": latency_ms(event),
+        "queue_ms": queue_ms(event),
+        "timings": result.timings.as_dict() if result else None,
+        "realtime_factor": round(result.realtime_factor, 4) if result else None,
+        "tokens": result.tokens if result else None,
     }
-    if r is not None:
-        t = r.timings.as_dict()
-        body.update(
-            audio_seconds=round(r.audio_seconds, 3),
-            timings={k: t[k] for k in ("audio_ms", "mel_ms", "encoder_ms", "decoder_ms", "alignment_ms", "total_ms", "npu_ms")},
-            realtime_factor=round(r.realtime_factor, 4),
-            tokens=r.tokens,
-            encoder_fallback=r.encoder_fallback,
-        )
-        if include_text:
-            body["text"] = r.text
-    return body
+    if include_text:
+        payload["text"] = result.text if result else None
+    return payload
 
 
-# key: (name, unit, state_class, value_template, icon)
-SENSORS: dict[str, tuple[str, Optional[str], Optional[str], str, str]] = {
-    "last_latency": ("Last latency", "ms", "measurement", "{{ value_json.last_latency_ms }}", "mdi:timer-outline"),
-    "p95_latency": ("p95 latency", "ms", "measurement", "{{ value_json.p95_latency_ms }}", "mdi:timer-alert-outline"),
-    "realtime_factor": ("Realtime factor", None, "measurement", "{{ value_json.mean_realtime_factor }}", "mdi:speedometer"),
-    "requests": ("Requests", None, "total_increasing", "{{ value_json.requests }}", "mdi:counter"),
-    "errors": ("Errors", None, "total_increasing", "{{ value_json.errors }}", "mdi:alert-circle-outline"),
-    "backend": ("Encoder backend", None, None, "{{ value_json.encoder_backend }}", "mdi:chip"),
-}
+def stats_payload(snapshot: StatsSnapshot, *, encoder_backend: str, models: list[str], version: str,
+                  dropped: int, now: Optional[float] = None) -> dict[str, Any]:
+    def rounded(v: Optional[float], digits: int = 3) -> Optional[float]:
+        return None if v is None else round(v, digits)
+
+    return {
+        "timestamp": round(time.time() if now is None else now, 3),
+        "version": version,
+        "models": list(models),
+        "encoder_backend": encoder_backend,
+        "uptime_s": round(snapshot.uptime_s, 1),
+        "requests": snapshot.requests,
+        "errors": snapshot.errors,
+        "errors_by_code": dict(sorted(snapshot.errors_by_code.items())),
+        "window_s": snapshot.window_s,
+        "window_samples": snapshot.window_samples,
+        "latency_ms": {
+            "last": rounded(snapshot.last_latency_ms),
+            "p50": rounded(snapshot.p50_latency_ms),
+            "p95": rounded(snapshot.p95_latency_ms),
+        },
+        "mean_realtime_factor": rounded(snapshot.mean_realtime_factor, 4),
+        "rss_bytes": snapshot.rss_bytes,
+        # Only meaningful where an NPU does the work; null elsewhere so a dashboard
+        # does not show a misleading 0 %.
+        "npu_busy_share": round(snapshot.npu_busy_share, 4) if encoder_backend == "npu" else None,
+        "telemetry_dropped": dropped,
+    }
 
 
-def discovery_configs(settings: Settings, topics: Topics, *, version: str, models: list[str]) -> list[tuple[str, dict]]:
-    """Retained configs that make Home Assistant create one "Amanuensis" device with its sensors."""
+@dataclass(frozen=True)
+class SensorSpec:
+    object_id: str
+    name: str
+    value_template: str             # applied to the stats payload
+    unit: Optional[str] = None
+    device_class: Optional[str] = None
+    state_class: Optional[str] = None
+    precision: Optional[int] = None
+    icon: Optional[str] = None
+    diagnostic: bool = False
+
+
+# All sensors read the retained stats topic: Home Assistant gets every value
+# right after a restart, and a failed request (no latency) cannot blank one.
+SENSORS: tuple[SensorSpec, ...] = (
+    SensorSpec("last_latency", "Last latency", "{{ value_json.latency_ms.last }}",
+               unit="ms", device_class="duration", state_class="measurement", precision=0),
+    SensorSpec("p95_latency", "P95 latency", "{{ value_json.latency_ms.p95 }}",
+               unit="ms", device_class="duration", state_class="measurement", precision=0),
+    SensorSpec("realtime_factor", "Realtime factor", "{{ value_json.mean_realtime_factor }}",
+               state_class="measurement", precision=3, icon="mdi:speedometer"),
+    SensorSpec("requests", "Requests", "{{ value_json.requests }}",
+               state_class="total_increasing", icon="mdi:counter"),
+    SensorSpec("errors", "Errors", "{{ value_json.errors }}",
+               state_class="total_increasing", icon="mdi:alert-circle-outline"),
+    SensorSpec("backend", "Encoder backend", "{{ value_json.encoder_backend }}",
+               icon="mdi:chip", diagnostic=True),
+)
+
+
+def discovery_configs(topics: Topics, *, version: str, models: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(topic, config) for each Home Assistant sensor; all of them share one device
+    block, which is what groups them under the single device "Amanuensis"."""
     device = {
         "identifiers": [topics.node_id],
-        "name": "Amanuensis" if settings.instance in ("", "amanuensis") else f"Amanuensis ({settings.instance})",
+        "name": DEVICE_NAME,
         "manufacturer": "Amanuensis",
-        "model": f"Whisper STT ({', '.join(models)})",
+        "model": f"Whisper speech-to-text ({', '.join(models)})" if models else "Whisper speech-to-text",
         "sw_version": version,
     }
     out = []
-    for key, (name, unit, state_class, template, icon) in SENSORS.items():
+    for spec in SENSORS:
         config: dict[str, Any] = {
-            "name": name,
-            "unique_id": f"{topics.node_id}_{key}",
-            "object_id": f"{topics.node_id}_{key}",
+            "name": spec.name,
+            "unique_id": f"{topics.node_id}_{spec.object_id}",
             "state_topic": topics.stats,
-            "value_template": template,
+            "value_template": spec.value_template,
             "availability_topic": topics.status,
-            "payload_available": STATUS_ONLINE,
-            "payload_not_available": STATUS_OFFLINE,
-            "icon": icon,
+            "payload_available": ONLINE,
+            "payload_not_available": OFFLINE,
             "device": device,
+            "origin": {"name": "wyoming-amanuensis", "sw_version": version},
         }
-        if unit:
-            config["unit_of_measurement"] = unit
-        if unit == "ms":
-            config["device_class"] = "duration"
-        if state_class:
-            config["state_class"] = state_class
-        out.append((topics.discovery(key), config))
+        optional = {"unit_of_measurement": spec.unit, "device_class": spec.device_class,
+                    "state_class": spec.state_class, "suggested_display_precision": spec.precision,
+                    "icon": spec.icon, "entity_category": "diagnostic" if spec.diagnostic else None}
+        config.update({k: v for k, v in optional.items() if v is not None})
+        out.append((topics.discovery(spec.object_id), config))
     return out
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,231 +1,285 @@
-"""The MQTT side: one background task that keeps a connection and drains a bounded queue.
+"""The MQTT connection: one background task, a bounded queue, backoff, last will.
 
-Transcription never waits for it. ``record`` only appends to a deque (the
-oldest message is dropped, and counted, when it is full); the task connects
-with ``offline`` as the retained last will, announces ``online`` and the
-Home Assistant discovery configs, then publishes whatever is queued plus a
-stats message after requests and every ``mqtt_stats_interval_s``. A broker
-that is down, dies or refuses the credentials is logged once per change of
-state and retried with exponential backoff.
+Transcription must never wait on the broker, so :meth:`Publisher.submit` only
+appends to an in-memory queue (dropping the oldest message when full) and the
+connection task drains it whenever a broker is there. The task survives every
+failure (broker down at start, killed mid-run, credentials refused, TLS
+errors) by retrying with capped exponential backoff, and logs once per change
+of state rather than once per attempt, so a broker that is away for a day
+does not fill the log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
+import collections
 import logging
-import ssl
+import random
 import threading
-from collections import deque
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 
 from ..config import Settings
-from .payloads import STATUS_OFFLINE, STATUS_ONLINE, RequestEvent, Topics, discovery_configs, request_payload
-from .stats import RollingStats
 
 _LOG = logging.getLogger(__name__)
 
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 10.0
-STOP_TIMEOUT_S = 3.0
-CONNECT_TIMEOUT_S = 5.0
+# Retry delays: quick enough that a restarted broker sees us again within about
+# a second, capped so a broker that stays away costs one attempt a minute.
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 60.0
+KEEPALIVE_S = 30            # a silently vanished broker is noticed within 1.5x this
+OPERATION_TIMEOUT_S = 5.0   # CONNACK / PUBACK wait inside aiomqtt (also: a TLS 1.3 handshake the
+                            # broker rejects after the fact only shows as a missing CONNACK)
+STOP_TIMEOUT_S = 3.0        # stop() flushes and says offline within this, or gives up
 
 
-class Telemetry:
-    def __init__(self, settings: Settings, *, encoder_backend: str, models: list[str], version: str):
-        self.settings = settings
-        self.topics = Topics.from_settings(settings)
-        self.version = version
-        self.models = models
-        self.stats = RollingStats(encoder_backend)
-        self._queue: deque[tuple[str, str, int, bool]] = deque()
-        self._lock = threading.Lock()  # record() may be called from worker threads
-        self._wake: Optional[asyncio.Event] = None
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str
+    port: int
+    client_id: str
+    username: Optional[str]
+    password: Callable[[], Optional[str]]  # called per attempt: a changed password file is picked up
+    tls: Optional[aiomqtt.TLSParameters]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "BrokerConfig":
+        tls = None
+        if settings.mqtt_tls:
+            tls = aiomqtt.TLSParameters(ca_certs=settings.mqtt_ca_file, certfile=settings.mqtt_cert_file,
+                                        keyfile=settings.mqtt_key_file)
+        elif settings.mqtt_ca_file or settings.mqtt_cert_file:
+            _LOG.warning("telemetry: mqtt_ca_file/mqtt_cert_file are set but mqtt_tls is off: connecting without TLS")
+        return cls(
+            host=str(settings.mqtt_host),
+            port=settings.mqtt_port,
+            client_id=settings.mqtt_client_id or f"amanuensis-{settings.instance}",
+            username=settings.mqtt_username,
+            password=settings.mqtt_password_value,
+            tls=tls,
+        )
+
+
+class _QuietClientLog(logging.LoggerAdapter):
+    """paho and aiomqtt log every failed attempt, some at ERROR; the publisher's
+    own state-change lines already say it once, so theirs go to DEBUG."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
+        self.logger.log(logging.DEBUG, msg, *args, **kwargs)  # type: ignore[arg-type]
+
+
+def wake(loop: Optional[asyncio.AbstractEventLoop], event: asyncio.Event) -> None:
+    """Set ``event`` from any thread (asyncio.Event is not thread-safe)."""
+    if loop is None or loop.is_closed():
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        event.set()
+    else:
+        loop.call_soon_threadsafe(event.set)
+
+
+class Publisher:
+    """Owns the broker connection. ``state`` is one of: idle, connecting,
+    connected, unreachable, refused, lost, stopped."""
+
+    def __init__(self, broker: BrokerConfig, *, will: Message, queue_size: int,
+                 on_connect: Callable[[], list[Message]]) -> None:
+        self.broker = broker
+        self.will = will
+        self.queue_size = queue_size
+        self.on_connect = on_connect  # sent first on every connection: the retained state
+        self.state = "idle"
+        self.attempts = 0      # connection attempts so far (tests and diagnostics)
+        self.connections = 0   # successful ones
+        self.dropped = 0       # messages dropped because the queue was full
+        self._queue: collections.deque[Message] = collections.deque()
+        self._state: dict[str, Message] = {}  # newest retained message per topic
+        self._lock = threading.Lock()  # submit() may come from a worker thread
+        self._wake = asyncio.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._task: Optional[asyncio.Task] = None
         self._stopping = False
-        self._stats_due = False
-        self.state = "idle"  # idle | connected | down | refused | stopped
-        self.connections = 0  # successful connects, for tests and logs
+        self._final: Optional[Message] = None
+        self._logged: Optional[tuple[str, str]] = None
 
-    @property
-    def enabled(self) -> bool:
-        return self.settings.telemetry_enabled
+    # ------------------------------------------------------------- producer
+    def submit(self, message: Message) -> None:
+        """Queue a message; never blocks, never waits for the broker.
 
-    # ----------------------------------------------------------- public API
+        Events (not retained) go through the bounded FIFO, oldest dropped first.
+        Retained messages are state: only the newest per topic matters, so it
+        replaces any older one still waiting, and state never evicts events."""
+        with self._lock:
+            if message.retain:
+                self._state.pop(message.topic, None)
+                self._state[message.topic] = message
+            else:
+                if len(self._queue) >= self.queue_size:
+                    self._queue.popleft()
+                    self.dropped += 1
+                self._queue.append(message)
+        wake(self._loop, self._wake)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue) + len(self._state)
+
+    def _pop(self) -> Optional[Message]:
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            if self._state:
+                return self._state.pop(next(iter(self._state)))
+            return None
+
+    def _push_back(self, message: Message) -> None:
+        """Return an unsent message for the next connection, unless something newer took its place."""
+        with self._lock:
+            if message.retain:
+                self._state.setdefault(message.topic, message)
+            elif len(self._queue) < self.queue_size:
+                self._queue.appendleft(message)
+            else:
+                self.dropped += 1
+
+    # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        if not self.enabled or self._task is not None:
+        if self._task is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="amanuensis-telemetry")
+        self._task = asyncio.create_task(self._run(), name="mqtt telemetry")
 
-    async def stop(self) -> None:
-        if self._task is None:
+    async def stop(self, final: Optional[Message] = None, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Flush the queue, publish ``final`` (the retained offline status) and
+        disconnect cleanly, so the broker does not fire the last will. Bounded by
+        ``timeout``; with no broker there is nothing to flush to."""
+        if self._task is None or self._stopping:
             return
         self._stopping = True
-        self._kick()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - stopping must not raise
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        self._task = None
+        self._final = final
+        self._wake.set()
+        task = self._task
+        if self.state != "connected":
+            task.cancel()  # between attempts or mid-connect
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
         self._set_state("stopped")
 
-    def record(self, event: RequestEvent) -> None:
-        """Queue the request's message; never blocks, never raises."""
-        if not self.enabled:
-            return
-        try:
-            body = json.dumps(request_payload(event, self.settings.mqtt_include_text), ensure_ascii=False)
-            with self._lock:
-                self.stats.add(event)
-                self._stats_due = True
-                self._enqueue(self.topics.request, body, self.settings.mqtt_qos, False)
-            self._kick()
-        except Exception:  # noqa: BLE001 - telemetry must never break a request
-            _LOG.exception("telemetry: cannot record request %s", getattr(event, "request_id", "?"))
-
-    def stats_snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return self.stats.snapshot()
-
-    # ------------------------------------------------------------- internals
-    def _enqueue(self, topic: str, body: str, qos: int, retain: bool) -> None:
-        if len(self._queue) >= self.settings.mqtt_queue_size:
-            self._queue.popleft()
-            self.stats.dropped += 1
-        self._queue.append((topic, body, qos, retain))
-
-    def _kick(self) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            wake.set()
-        else:
-            loop.call_soon_threadsafe(wake.set)
-
-    def _set_state(self, state: str, detail: str = "") -> None:
-        if state == self.state:
-            return
-        self.state = state
-        where = f"{self.settings.mqtt_host}:{self.settings.mqtt_port}"
-        if state == "connected":
-            _LOG.info("telemetry: connected to MQTT broker %s", where)
-        elif state in ("down", "refused"):
-            _LOG.warning("telemetry: MQTT broker %s %s (%s); retrying in the background, transcription unaffected",
-                         where, "refused the connection" if state == "refused" else "unreachable", detail)
-
-    def _client(self) -> aiomqtt.Client:
-        s = self.settings
-        tls = None
-        if s.mqtt_tls:
-            tls = aiomqtt.TLSParameters(ca_certs=s.mqtt_ca_file, certfile=s.mqtt_cert_file, keyfile=s.mqtt_key_file,
-                                        cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        return aiomqtt.Client(
-            s.mqtt_host,
-            port=s.mqtt_port,
-            username=s.mqtt_username,
-            password=s.mqtt_password_value(),
-            identifier=s.mqtt_client_id or f"amanuensis-{s.instance}",
-            will=aiomqtt.Will(self.topics.status, STATUS_OFFLINE, qos=1, retain=True),
-            tls_params=tls,
-            keepalive=30,
-            timeout=CONNECT_TIMEOUT_S,
-        )
-
+    # ----------------------------------------------------------- connection
     async def _run(self) -> None:
-        delay = BACKOFF_FIRST_S
+        delay = BACKOFF_INITIAL_S
         while not self._stopping:
+            self.attempts += 1
+            if self.state not in ("unreachable", "refused", "lost"):
+                self._set_state("connecting")
             try:
-                async with self._client() as client:
-                    self.connections += 1
-                    self._set_state("connected")
-                    delay = BACKOFF_FIRST_S
-                    await self._announce(client)
-                    await self._serve(client)
-                    return  # stopping: offline was published inside _serve
-            except aiomqtt.MqttCodeError as err:
-                refused = getattr(err, "rc", None) is not None and self.state != "connected"
-                self._set_state("refused" if refused else "down", str(err))
-            except (aiomqtt.MqttError, OSError) as err:
-                self._set_state("down", str(err) or type(err).__name__)
+                await self._session()  # returns only when asked to stop
+            except MqttConnectError as err:
+                self._set_state("refused", str(err))
+            except aiomqtt.MqttError as err:
+                if self.state == "connected":
+                    self._set_state("lost", str(err))
+                    delay = BACKOFF_INITIAL_S  # it was fine a moment ago: retry soon
+                else:
+                    self._set_state("unreachable", str(err))
+            except Exception as err:  # noqa: BLE001 - e.g. an unreadable password file; keep trying
+                self._set_state("unreachable", f"{type(err).__name__}: {err}")
             if self._stopping:
                 return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wait_for_stop(), delay)
+            # Jitter keeps several instances from reconnecting in lockstep.
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, BACKOFF_MAX_S)
 
-    async def _wait_for_stop(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            await self._wake.wait()
-
-    async def _announce(self, client: aiomqtt.Client) -> None:
-        await client.publish(self.topics.status, STATUS_ONLINE, qos=1, retain=True)
-        for topic, config in discovery_configs(self.settings, self.topics, version=self.version, models=self.models):
-            await client.publish(topic, json.dumps(config), qos=1, retain=True)
-        self._stats_due = True
-
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        """Drain the queue until stopping; raises MqttError when the connection is lost."""
-        interval = self.settings.mqtt_stats_interval_s
-        loop = asyncio.get_running_loop()
-        next_stats = loop.time()
-        # paho only notices a dead broker on traffic or keepalive; listening for
-        # messages (none are subscribed) surfaces the loss as an MqttError.
-        watcher = asyncio.create_task(self._watch(client))
-        try:
-            while True:
-                await self._flush(client)
-                if self._stats_due or loop.time() >= next_stats:
-                    with self._lock:
-                        body = json.dumps(self.stats.snapshot())
-                        self._stats_due = False
-                    await client.publish(self.topics.stats, body, qos=self.settings.mqtt_qos, retain=True)
-                    next_stats = loop.time() + interval
-                if self._stopping:
-                    await client.publish(self.topics.status, STATUS_OFFLINE, qos=1, retain=True)
-                    return
-                self._wake.clear()
-                if self._queue or self._stats_due or self._stopping:
-                    continue
-                waiter = asyncio.create_task(self._wake.wait())
-                done, _ = await asyncio.wait({waiter, watcher}, timeout=max(0.0, next_stats - loop.time()),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if watcher in done:
-                    waiter.cancel()
-                    watcher.result()  # raises the connection error
-                    raise aiomqtt.MqttError("connection closed")
-                waiter.cancel()
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
+    async def _session(self) -> None:
+        b = self.broker
+        client = aiomqtt.Client(
+            b.host, b.port, identifier=b.client_id, username=b.username,
+            password=b.password() if b.username else None,
+            will=aiomqtt.Will(self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain),
+            tls_params=b.tls, keepalive=KEEPALIVE_S, timeout=OPERATION_TIMEOUT_S,
+            logger=_QuietClientLog(logging.getLogger(__name__ + ".client"), {}),  # type: ignore[arg-type]
+        )
+        async with client:
+            self.connections += 1
+            self._set_state("connected")
+            for message in self.on_connect():
+                await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+            # aiomqtt reports a dropped connection only to someone waiting on it:
+            # the (empty) message iterator raises MqttError when the link goes.
+            watcher = asyncio.create_task(self._watch(client))
+            pump = asyncio.create_task(self._pump(client))
+            try:
+                done, _ = await asyncio.wait({watcher, pump}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (watcher, pump):
+                    t.cancel()
+                await asyncio.gather(watcher, pump, return_exceptions=True)
+            (pump if pump in done else watcher).result()  # re-raise the MqttError that ended it
+            if self._final is not None:
+                f = self._final
+                await client.publish(f.topic, f.payload, qos=f.qos, retain=f.retain)
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:
         async for _ in client.messages:
             pass
 
-    async def _flush(self, client: aiomqtt.Client) -> None:
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        """Publish queued messages until stopping (queue empty) or the link fails."""
         while True:
-            with self._lock:
-                if not self._queue:
+            message = self._pop()
+            if message is None:
+                if self._stopping:
                     return
-                topic, body, qos, retain = self._queue[0]
-            await client.publish(topic, body, qos=qos, retain=retain)
-            with self._lock:
-                # only now is it sent; on a failure above it stays queued for the next connection
-                if self._queue and self._queue[0][0] == topic and self._queue[0][1] == body:
-                    self._queue.popleft()
+                self._wake.clear()
+                if not self.pending():
+                    await self._wake.wait()
+                continue
+            try:
+                await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+            except BaseException:
+                # Broker gone (or we are cancelled because it went): keep the message
+                # for the next connection. At worst it arrives twice.
+                self._push_back(message)
+                raise
+
+    # -------------------------------------------------------------- logging
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        if (state, detail) == self._logged:
+            _LOG.debug("telemetry: MQTT broker still %s (%s), attempt %d", state, detail, self.attempts)
+            return
+        self._logged = (state, detail)
+        where = f"{self.broker.host}:{self.broker.port}"
+        if state == "connected":
+            _LOG.info("telemetry: connected to MQTT broker %s", where)
+        elif state == "refused":
+            _LOG.warning("telemetry: MQTT broker %s refused the connection (%s); check mqtt_username and the "
+                         "password; retrying with backoff, transcription unaffected", where, detail)
+        elif state == "unreachable":
+            _LOG.warning("telemetry: MQTT broker %s unreachable (%s); retrying with backoff, transcription "
+                         "unaffected", where, detail)
+        elif state == "lost":
+            _LOG.warning("telemetry: lost MQTT broker %s (%s); reconnecting", where, detail)
+        elif state == "stopped":
+            _LOG.info("telemetry: stopped")
+        else:
+            _LOG.debug("telemetry: %s %s", state, where)

@@ -1,84 +1,125 @@
-"""Counters and a rolling window of recent requests, summarised for the stats message."""
+"""Counters and a rolling window of recent requests, for the periodic stats message.
+
+Kept free of MQTT so it can be tested with a fake clock. Everything runs on
+the event loop, so the window is capped in size as well as in time.
+"""
 
 from __future__ import annotations
 
+import collections
 import os
 import resource
+import sys
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
-from .payloads import RequestEvent
-
-WINDOW = 200  # recent successful requests the percentiles are taken over
-
-
-def _percentile(sorted_values: list[float], q: float) -> Optional[float]:
-    if not sorted_values:
-        return None
-    k = (len(sorted_values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+# How far back p50/p95 and the mean realtime factor look. Five minutes smooths
+# single outliers yet still moves within one stats interval after a change.
+WINDOW_S = 300.0
+# A burst of requests must not make a snapshot expensive: beyond this many
+# samples in the window the oldest are forgotten early.
+MAX_SAMPLES = 2000
 
 
-def rss_bytes() -> int:
-    """Resident set size now (Linux /proc), else the peak from getrusage."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-@dataclass
-class _Sample:
-    at: float
-    total_ms: float
-    rtf: float
+@dataclass(frozen=True)
+class Sample:
+    at: float            # clock() when recorded
+    latency_ms: float    # queue wait + pipeline total: what the client waited for
+    realtime_factor: float
     npu_ms: float
 
 
+@dataclass(frozen=True)
+class StatsSnapshot:
+    uptime_s: float
+    requests: int
+    errors: int
+    errors_by_code: dict[str, int]
+    window_s: float
+    window_samples: int
+    last_latency_ms: Optional[float]
+    p50_latency_ms: Optional[float]
+    p95_latency_ms: Optional[float]
+    mean_realtime_factor: Optional[float]
+    npu_busy_share: float
+    rss_bytes: Optional[int]
+
+
+def percentile(sorted_values: list[float], q: float) -> Optional[float]:
+    """Linear interpolation between closest ranks (numpy's default), so p50 of
+    two samples is their mean rather than one of them."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def process_rss_bytes() -> Optional[int]:
+    """Current resident set size. /proc gives the current value; getrusage only
+    the peak, which is still better than nothing off Linux."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (OSError, ValueError):
+        return None
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+@dataclass
 class RollingStats:
-    def __init__(self, encoder_backend: str, window: int = WINDOW):
-        self.encoder_backend = encoder_backend
-        self.requests = 0
-        self.errors = 0
-        self.fallbacks = 0
-        self.dropped = 0  # telemetry messages dropped because the queue was full
-        self.last_latency_ms: Optional[float] = None
-        self._window: deque[_Sample] = deque(maxlen=window)
+    window_s: float = WINDOW_S
+    max_samples: int = MAX_SAMPLES
+    clock: Callable[[], float] = time.monotonic
+    requests: int = 0
+    errors: int = 0
+    errors_by_code: collections.Counter = field(default_factory=collections.Counter)
+    last_latency_ms: Optional[float] = None
+    _samples: collections.deque = field(default_factory=collections.deque, repr=False)
+    _started: float = field(default=0.0, repr=False)
 
-    def add(self, event: RequestEvent) -> None:
+    def __post_init__(self) -> None:
+        self._samples = collections.deque(maxlen=self.max_samples)
+        self._started = self.clock()
+
+    def add(self, outcome: str, latency_ms: Optional[float] = None, realtime_factor: Optional[float] = None,
+            npu_ms: float = 0.0) -> None:
+        """Count one finished request. Only requests that produced a result carry
+        a latency; an empty utterance is ok yet has none."""
         self.requests += 1
-        if event.outcome != "ok":
+        if outcome != "ok":
             self.errors += 1
-        r = event.result
-        if r is None:
-            return
-        if r.encoder_fallback:
-            self.fallbacks += 1
-        latency = r.timings.total_ms + event.queue_ms
-        self.last_latency_ms = latency
-        self._window.append(_Sample(time.monotonic(), latency, r.realtime_factor, r.timings.npu_ms))
+            self.errors_by_code[outcome] += 1
+        if latency_ms is not None:
+            self.last_latency_ms = latency_ms
+            self._samples.append(Sample(self.clock(), latency_ms, realtime_factor or 0.0, npu_ms))
 
-    def snapshot(self) -> dict[str, Any]:
-        lat = sorted(s.total_ms for s in self._window)
-        rtfs = [s.rtf for s in self._window]
-        out: dict[str, Any] = {
-            "requests": self.requests,
-            "errors": self.errors,
-            "window": len(lat),
-            "last_latency_ms": None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
-            "p50_latency_ms": None if not lat else round(_percentile(lat, 0.5), 1),
-            "p95_latency_ms": None if not lat else round(_percentile(lat, 0.95), 1),
-            "mean_realtime_factor": round(sum(rtfs) / len(rtfs), 4) if rtfs else None,
-            "rss_bytes": rss_bytes(),
-            "encoder_backend": self.encoder_backend,
-            "encoder_fallbacks": self.fallbacks,
-            "telemetry_dropped": self.dropped,
-        }
-        if self.encoder_backend == "npu" and len(self._window) >= 2:
-            span_ms = (self._window[-1].at - self._window[0].at) * 1000.0 + self._window[-1].total_ms
-            out["npu_busy_share"] = round(sum(s.npu_ms for s in self._window) / span_ms, 4) if span_ms > 0 else None
-        return out
+    def snapshot(self) -> StatsSnapshot:
+        now = self.clock()
+        while self._samples and self._samples[0].at < now - self.window_s:
+            self._samples.popleft()
+        samples = list(self._samples)
+        latencies = sorted(s.latency_ms for s in samples)
+        # Busy share: NPU time over the wall time the window covers, which is
+        # less than the window just after start (or a fresh start looks idle).
+        span_ms = max(min(self.window_s, now - self._started), 1e-3) * 1000.0
+        return StatsSnapshot(
+            uptime_s=now - self._started,
+            requests=self.requests,
+            errors=self.errors,
+            errors_by_code=dict(self.errors_by_code),
+            window_s=self.window_s,
+            window_samples=len(samples),
+            last_latency_ms=self.last_latency_ms,
+            p50_latency_ms=percentile(latencies, 50),
+            p95_latency_ms=percentile(latencies, 95),
+            mean_realtime_factor=(sum(s.realtime_factor for s in samples) / len(samples)) if samples else None,
+            npu_busy_share=min(sum(s.npu_ms for s in samples) / span_ms, 1.0),
+            rss_bytes=process_rss_bytes(),
+        )
