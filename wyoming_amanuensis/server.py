@@ -30,6 +30,8 @@ code                     cause                                                  
 ``bad-request``          an event whose fields have the wrong types                 utterance dropped
 ``unknown-model``        ``transcribe`` names a model that is not loaded            next utterance ignored
 ``busy``                 more than ``queue_depth`` transcripts waiting              utterance dropped
+``shutting-down``        the server stopped before the transcript was made          utterance dropped
+``unknown-program``      ``select-program`` names another program                   connection goes on
 ``malformed-event``      a header or data block that is not a JSON object, or bad   connection closed
                          lengths
 ``header-too-large``     a header line over 64 KiB                                  connection closed
@@ -532,7 +534,7 @@ class ConnectionHandler(AsyncEventHandler):
         """The connection is over: cancel this connection's pending work."""
         tasks = [t for t in self._finals if not t.done()]
         if self._utt is not None:
-            self._drop_utterance(record=True, outcome="disconnected")
+            await self._drop_utterance(record=True, outcome="disconnected")
         for t in tasks:
             t.cancel()
         if tasks:
@@ -598,7 +600,7 @@ class ConnectionHandler(AsyncEventHandler):
         return True
 
     async def _on_transcribe(self, event: Event) -> None:
-        self._drop_utterance(record=True, outcome="replaced")
+        await self._drop_utterance(record=True, outcome="replaced")
         data = event.data
         try:
             model = _opt_str(data, "name")
@@ -637,7 +639,7 @@ class ConnectionHandler(AsyncEventHandler):
         return base if base in known else language
 
     async def _on_audio_start(self, event: Event) -> None:
-        self._drop_utterance(record=True, outcome="replaced")
+        await self._drop_utterance(record=True, outcome="replaced")
         params = self._params
         utt = _Utterance(params=params, max_bytes=int(self.settings.max_utterance_s * RATE) * WIDTH * CHANNELS)
         self._utt = utt
@@ -711,14 +713,13 @@ class ConnectionHandler(AsyncEventHandler):
         _LOG.info("%s: refused utterance %s: %s (%s)", self.peer, utt.request_id, text, code)
         await self._error(code, text)
 
-    def _drop_utterance(self, *, record: bool, outcome: str) -> None:
+    async def _drop_utterance(self, *, record: bool, outcome: str) -> None:
         utt, self._utt = self._utt, None
         if utt is None:
             return
         self._cancel_partial(utt)
         if utt.stream_started and not self.writer.is_closing():
-            # Close the stream the client saw open (best effort, no await needed for ordering).
-            asyncio.ensure_future(self._send(TranscriptStop().event()))
+            await self._send(TranscriptStop().event())  # close the stream the client saw open
         if record and not utt.refused and utt.pcm:
             self.server.record(utt.request_id, utt.params, outcome)
 
@@ -772,6 +773,7 @@ class ConnectionHandler(AsyncEventHandler):
             await self._final_inner(utt, previous)
         except asyncio.CancelledError:
             # The client went away (or the server is closing it): nothing to send.
+            _LOG.info("%s: %s dropped: the connection closed before its transcript", self.peer, utt.request_id)
             self.server.record(utt.request_id, utt.params, "disconnected")
             raise
 
@@ -817,8 +819,9 @@ class ConnectionHandler(AsyncEventHandler):
         self.server.record(utt.request_id, params, "ok", result, queue_ms)
         if result is not None:
             t = result.timings
-            _LOG.info("%s: %s %.2f s audio -> %r (%s, queue %.0f ms, total %.0f ms)", self.peer, utt.request_id,
-                      result.audio_seconds, text, result.model, t.queue_ms, t.total_ms)
+            _LOG.info("%s: %s %.2f s audio, %d tokens, %s, queue %.0f ms, total %.0f ms", self.peer, utt.request_id,
+                      result.audio_seconds, result.tokens, result.model, t.queue_ms, t.total_ms)
+            _LOG.debug("%s: %s text: %r", self.peer, utt.request_id, text)  # transcripts only in debug logs
 
     async def _final_error(self, utt: _Utterance, code: str, text: str) -> None:
         _LOG.warning("%s: utterance %s failed: %s (%s)", self.peer, utt.request_id, text, code)
