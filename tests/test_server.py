@@ -494,3 +494,14 @@ def test_stdio_transport(tmp_path):
             proc.kill()
     assert [e.type for e in got] == ["info", "transcript"], got
     assert same_words(got[1].data["text"], clip.reference)
+
+
+async def test_batch_decoding_serves_concurrent_clients_in_batches(server_factory):
+    """--batch-decoding: finals that wait together are decoded in one batch, each client
+    still gets its own transcript."""
+    server = server_factory(("--batch-decoding", "--batch-decode-size", "4", "--debug"))
+    clips = [Clip(name) for name in TINY_EXACT]
+    results = await asyncio.gather(*(transcribe(server, clip) for clip in clips))
+    for clip, event in zip(clips, results):
+        assert same_words(event.data["text"], clip.reference), (clip.reference, event.data["text"])
+    assert "waiting requests in one batch" in server.log()

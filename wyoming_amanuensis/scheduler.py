@@ -16,6 +16,11 @@ Two kinds of work:
   partial is never dispatched while a final waits. They never delay anyone's
   result by more than the one partial decode that may already be running.
 
+With batching on (``batch_size`` > 1 and a ``run_batch`` callable), finals
+that carry a batch item and wait together are handed to ``run_batch`` as one
+list (up to ``batch_size``): the engine decodes them in one batch. Each
+caller still gets its own result, or its own exception.
+
 A caller that goes away (its task is cancelled, e.g. the client vanished)
 takes its job out of the queue; a job already running finishes in the worker
 and its result is dropped. The scheduler knows nothing about audio or the
@@ -55,13 +60,17 @@ class _Job:
     partial: bool
     future: asyncio.Future
     submitted: float = field(default_factory=time.perf_counter)
+    batch_item: Any = None  # what run_batch takes in place of calling fn
 
 
 class Scheduler:
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, *, batch_size: int = 1,
+                 run_batch: Optional[Callable[[list], list]] = None) -> None:
         if depth < 1:
             raise ValueError("queue depth must be at least 1")
         self.depth = depth
+        self.batch_size = batch_size if run_batch is not None else 1
+        self._run_batch = run_batch
         self._finals: deque[_Job] = deque()
         self._partials: deque[_Job] = deque()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amanuensis-engine")
@@ -75,6 +84,7 @@ class Scheduler:
         self.partials_done = 0
         self.partials_skipped = 0
         self.refused = 0
+        self.batches = 0  # batched runs of more than one final
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -130,14 +140,16 @@ class Scheduler:
         return self._running is None and not self._finals and not self._partials
 
     # ------------------------------------------------------------- submit
-    async def run_final(self, fn: Callable[[], T]) -> tuple[T, float]:
-        """Run ``fn`` in the worker ahead of any partial; returns (result, ms it waited)."""
+    async def run_final(self, fn: Callable[[], T], batch_item: Any = None) -> tuple[T, float]:
+        """Run ``fn`` in the worker ahead of any partial; returns (result, ms it waited).
+        With batching on, a ``batch_item`` lets it join other waiting finals in one run."""
         if self._closed:
             raise SchedulerClosed("the server is shutting down")
         if self.finals_waiting >= self.depth:
             self.refused += 1
             raise QueueFull(f"{self.depth} requests are already waiting for the engine; try again shortly")
         job = self._submit(fn, partial=False)
+        job.batch_item = batch_item
         # Finals first: previews that have not started are dropped.
         while self._partials:
             p = self._partials.popleft()
@@ -196,6 +208,9 @@ class Scheduler:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if job.batch_item is not None and self.batch_size > 1 and self._batchable_waiting():
+                await self._dispatch_batch(loop, job)
+                continue
             queue_ms = (time.perf_counter() - job.submitted) * 1000.0
             self._running = job
             try:
@@ -216,3 +231,39 @@ class Scheduler:
                     self.finals_done += 1
                 if not self._finals:
                     self._idle.set()
+
+    def _batchable_waiting(self) -> bool:
+        return any(j.batch_item is not None and not j.future.done() for j in self._finals)
+
+    async def _dispatch_batch(self, loop: asyncio.AbstractEventLoop, first: _Job) -> None:
+        """Run ``first`` and the batchable finals waiting behind it as one engine call."""
+        jobs = [first]
+        for j in list(self._finals):
+            if len(jobs) >= self.batch_size:
+                break
+            if j.batch_item is not None and not j.future.done():
+                self._finals.remove(j)
+                jobs.append(j)
+        now = time.perf_counter()
+        waits = [(now - j.submitted) * 1000.0 for j in jobs]
+        _LOG.debug("decoding %d waiting requests in one batch", len(jobs))
+        self._running = first
+        try:
+            results = await loop.run_in_executor(self._executor, self._run_batch, [j.batch_item for j in jobs])
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:  # noqa: BLE001 - every caller of the batch hears of it
+            results = [err] * len(jobs)
+        finally:
+            self._running = None
+            self.finals_done += len(jobs)
+            self.batches += 1
+        for job, result, queue_ms in zip(jobs, results, waits):
+            if job.future.done():
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result((result, queue_ms))
+        if not self._finals:
+            self._idle.set()

@@ -77,7 +77,7 @@ from wyoming.server import AsyncEventHandler, AsyncServer
 from . import __version__
 from .audio import AudioFormatError, check_format, pcm_to_float
 from .config import Settings
-from .pipeline import Engine, Request, TranscriptionError
+from .pipeline import Engine, PcmInput, Request, TranscriptionError
 from .scheduler import QueueFull, Scheduler, SchedulerClosed
 
 _LOG = logging.getLogger(__name__)
@@ -363,7 +363,9 @@ class AmanuensisServer:
         self.settings = settings
         self.engine = engine
         self.telemetry = telemetry
-        self.scheduler = Scheduler(settings.queue_depth)
+        self.scheduler = Scheduler(settings.queue_depth,
+                                   batch_size=settings.batch_decode_size if settings.batch_decoding else 1,
+                                   run_batch=engine.transcribe_pcm_batch if settings.batch_decoding else None)
         self.info_event = build_info(engine, settings).event()
         self.handlers: set[ConnectionHandler] = set()
         self.stopping = False
@@ -790,9 +792,10 @@ class ConnectionHandler(AsyncEventHandler):
         if pcm:
             request = Request(model=params.model, language=params.language, prompt=params.prompt)
             fn = functools.partial(self.server.engine.transcribe_pcm, pcm, RATE, WIDTH, CHANNELS, request)
+            item = PcmInput(pcm, RATE, WIDTH, CHANNELS, request)
             del pcm
             try:
-                result, queue_ms = await self.server.scheduler.run_final(fn)
+                result, queue_ms = await self.server.scheduler.run_final(fn, batch_item=item)
             except (QueueFull, SchedulerClosed) as err:
                 return await self._final_error(utt, err.code, str(err))
             except TranscriptionError as err:
