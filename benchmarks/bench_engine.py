@@ -3,8 +3,11 @@
     .venv/bin/python -m benchmarks.bench_engine                # defaults vs faster-whisper int8 + default
     .venv/bin/python -m benchmarks.bench_engine --variant full:fast_decoder=false --variant m1:splice_margin_s=1
 
-Each clip is run by every system in turn (interleaved, so machine noise hits
-all alike) after one warm-up pass. Prints per-system WER and latency medians,
+Each system runs in its own child process (CTranslate2's OpenMP threads keep
+spinning after a call and would steal the cores from torch in a shared
+process), one warm-up clip, then the whole corpus; ``--rounds`` repeats
+this with the systems' order rotated, and each clip's latency is the median
+over rounds. Prints per-system WER and latency medians,
 per-stage medians for Amanuensis variants, and each latency as a ratio to
 faster-whisper. faster-whisper gets the bundled base weights written to a
 temporary directory (model.bin parts joined), beam 5 as wyoming-faster-whisper
@@ -34,7 +37,7 @@ from wyoming_amanuensis.pipeline import Engine, Request
 @dataclass
 class System:
     name: str
-    run: Callable[[np.ndarray], tuple[str, dict]]  # 16 kHz audio -> (text, stage timings)
+    run: Optional[Callable[[np.ndarray], tuple[str, dict]]]  # 16 kHz audio -> (text, stage timings)
     texts: list[str] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     stages: list[dict] = field(default_factory=list)
@@ -73,6 +76,40 @@ def faster_whisper_system(model_dir: Path, compute_type: str, beam: int, languag
     return System(f"faster-whisper {compute_type} beam{beam}", run)
 
 
+def run_child(spec: tuple, args) -> dict:
+    """One system over the corpus in a fresh process; returns its texts, latencies, stages."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "benchmarks.bench_engine", "--child", json.dumps(spec), "--model", args.model,
+           "--language", args.language, "--limit", str(args.limit), "--threads", str(args.threads),
+           "--fw-beam", str(args.fw_beam)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_main(args) -> None:
+    kind, name, overrides = json.loads(args.child)
+    language = args.language or None
+    corpus = clips()[: args.limit] if args.limit else clips()
+    audio = [to_mono_16k(*c.read()) for c in corpus]
+    if kind == "amanuensis":
+        system = amanuensis_system(name, settings_from(model=args.model, encoder_backend="cpu",
+                                                       threads=args.threads, **overrides), language)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = materialise_model(args.model, Path(tmp) / args.model)
+            system = faster_whisper_system(model_dir, name, args.fw_beam, language, args.threads)
+    system.run(audio[0])  # warm-up: first-call allocations are not what a user waits for twice
+    for a in audio:
+        t0 = time.perf_counter()
+        text, stages = system.run(a)
+        system.latency_ms.append((time.perf_counter() - t0) * 1000.0)
+        system.texts.append(text)
+        system.stages.append(stages)
+    print(json.dumps({"texts": system.texts, "latency_ms": system.latency_ms, "stages": system.stages}))
+
+
 def parse_variant(spec: str) -> tuple[str, dict]:
     name, _, rest = spec.partition(":")
     known = _fields_by_name()
@@ -98,7 +135,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N clips only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="write raw results here")
+    ap.add_argument("--rounds", type=int, default=1, help="child runs per system (order rotated)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child_main(args)
     language = args.language or None
 
     corpus: list[Clip] = clips()
@@ -106,26 +147,23 @@ def main() -> None:
         corpus = corpus[: args.limit]
     audio = [to_mono_16k(*c.read()) for c in corpus]
 
+    specs = [("amanuensis", name, overrides) for name, overrides in
+             ([] if args.no_default else [("amanuensis", {})]) + [parse_variant(v) for v in args.variant]]
+    specs += [("faster-whisper", ct, {}) for ct in args.fw_compute.split(",") if ct]
+    runs: dict[int, list[dict]] = {i: [] for i in range(len(specs))}
+    for r in range(args.rounds):
+        order = list(range(len(specs)))
+        order = order[r % len(order):] + order[:r % len(order)]
+        for i in order:
+            runs[i].append(run_child(specs[i], args))
     systems: list[System] = []
-    variants = ([] if args.no_default else [("amanuensis", {})]) + [parse_variant(v) for v in args.variant]
-    for name, overrides in variants:
-        systems.append(amanuensis_system(name, settings_from(model=args.model, encoder_backend="cpu",
-                                                             threads=args.threads, **overrides), language))
-    if args.fw_compute:
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = materialise_model(args.model, Path(tmp) / args.model)
-            for ct in args.fw_compute.split(","):
-                systems.append(faster_whisper_system(model_dir, ct, args.fw_beam, language, args.threads))
-
-    for s in systems:  # warm-up: first-call allocations and lazy init are not what a user waits for twice
-        s.run(audio[0])
-    for clip_audio in audio:
-        for s in systems:
-            t0 = time.perf_counter()
-            text, stages = s.run(clip_audio)
-            s.latency_ms.append((time.perf_counter() - t0) * 1000.0)
-            s.texts.append(text)
-            s.stages.append(stages)
+    for i, (kind, name, _) in enumerate(specs):
+        label = name if kind == "amanuensis" else f"faster-whisper {name} beam{args.fw_beam}"
+        s = System(label, run=None)
+        s.texts = runs[i][0]["texts"]
+        s.latency_ms = [statistics.median(rr["latency_ms"][k] for rr in runs[i]) for k in range(len(corpus))]
+        s.stages = runs[i][0]["stages"]
+        systems.append(s)
 
     refs = [c.reference for c in corpus]
     short = [i for i, c in enumerate(corpus) if len(a := audio[i]) / 16000 <= SHORT_COMMAND_S]
