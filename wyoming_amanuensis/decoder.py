@@ -80,8 +80,6 @@ class CrossAttention:
     """
 
     kv: list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]  # keys, values, bias per layer
-    positions: int  # positions that carry this request's own audio
-    source: EncoderOutput
 
 
 @dataclass
@@ -177,7 +175,7 @@ class WhisperDecoder:
                 v = torch.cat((v, tv), dim=2)
                 bias = torch.cat((torch.zeros(1, p, device=tb.device), tb), dim=1)
             kv.append((k, v, bias))
-        return CrossAttention(kv=kv, positions=p, source=enc)
+        return CrossAttention(kv=kv)
 
     # --------------------------------------------------------------- decoding
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -335,7 +333,6 @@ class WhisperDecoder:
         scores = torch.zeros(1, device=self.device)
         finished: list[tuple[float, list[int], float]] = []  # (normalised score, tokens, sum logprob)
         suppress = self.suppress_begin
-        logits = logits[:1]
         for step in range(limit):
             logp = torch.log_softmax(logits + suppress, dim=-1)
             suppress = self.suppress

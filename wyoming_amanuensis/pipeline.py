@@ -62,7 +62,6 @@ class LoadedModel:
     model: WhisperModel
     backend: EncoderBackend
     decoder: WhisperDecoder
-    silence: torch.Tensor  # encoder output of 30 s of silence, [1, 1500, d]
     context: Optional[SilenceContext]  # pooled silence keys the short window's encoder attends to
 
 
@@ -116,7 +115,7 @@ class Engine:
         decoder = WhisperDecoder(model, silence.to(backend.decoder_device), device=backend.decoder_device,
                                  int8=settings.int8_decoder and backend.decoder_device.type == "cpu",
                                  tail_chunk=settings.decoder_tail_chunk)
-        return LoadedModel(model=model, backend=backend, decoder=decoder, silence=silence,
+        return LoadedModel(model=model, backend=backend, decoder=decoder,
                            context=context if settings.silence_chunk else None)
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 
@@ -70,11 +70,12 @@ def _bf16_to_f32(raw: bytes) -> np.ndarray:
     return (u16 << 16).view(np.float32)
 
 
-def read_model_bin(source: Union[str, Path, bytes, BinaryIO]) -> dict[str, np.ndarray]:
+def read_model_bin(source: Union[str, Path, bytes, BinaryIO], name: Optional[str] = None) -> dict[str, np.ndarray]:
     """All variables of a model.bin as numpy arrays (aliases resolved).
 
-    Accepts a path, the raw bytes, or a binary file object. Raises
-    ModelFileError naming the file for anything truncated or malformed.
+    Accepts a path, the raw bytes, or a binary file object; ``name`` is what
+    errors call the file (default: the path). Raises ModelFileError naming
+    the file for anything truncated or malformed.
     """
     if isinstance(source, (str, Path)):
         path = str(source)
@@ -86,6 +87,7 @@ def read_model_bin(source: Union[str, Path, bytes, BinaryIO]) -> dict[str, np.nd
         path, data = "<bytes>", source
     else:
         path, data = getattr(source, "name", "<stream>"), source.read()
+    path = name or path
 
     r = _Reader(memoryview(data), path)
     version = r.u32("binary version")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -40,7 +40,6 @@ class WhisperModel:
     alignment_heads: list[tuple[int, int]]
     suppress_ids: list[int]
     suppress_ids_begin: list[int]
-    extra: dict = field(default_factory=dict)
 
     @property
     def languages(self) -> list[str]:
@@ -89,12 +88,8 @@ def load_model(name_or_path: str) -> WhisperModel:
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     except (OSError, json.JSONDecodeError) as err:
         raise ModelFileError(f"{config_path}: cannot read model config: {err}") from None
-    variables = read_model_bin(blob if blob is not None else directory / "model.bin")
-    if blob is not None:
-        variables_path = model_bin
-    else:
-        variables_path = str(directory / "model.bin")
-    dims, encoder, decoder = build_modules(variables, variables_path)
+    variables = read_model_bin(blob if blob is not None else directory / "model.bin", name=model_bin)
+    dims, encoder, decoder = build_modules(variables, model_bin)
     del variables
     tok_path = directory / "tokenizer.json"
     if not tok_path.is_file():
