@@ -17,7 +17,7 @@ import aiomqtt
 import jinja2
 import pytest
 
-from tests.mqtt_broker import MosquittoBroker, Subscriber, free_port, make_tls_files, requires_mosquitto, wait_until
+from tests.mqtt_broker import MosquittoBroker, Subscriber, free_port, make_tls_files, wait_until
 from wyoming_amanuensis.config import settings_from
 from wyoming_amanuensis.result import Result, Timings
 from wyoming_amanuensis.telemetry import RequestEvent, Telemetry
@@ -38,7 +38,7 @@ def make_result(total_ms: float = 370.75, **kw) -> Result:
 def ok_event(request_id: str = "req-1", result: Result | None = None) -> RequestEvent:
     result = result or make_result()
     return RequestEvent(request_id=request_id, model=result.model, language=result.language, outcome="ok",
-                        result=result, queue_ms=result.timings.queue_ms, encoder_backend=result.encoder_backend)
+                        result=result)
 
 
 def settings_for(broker_port: int, **kw):
@@ -80,11 +80,11 @@ async def online(broker: MosquittoBroker, telemetry: Telemetry, **client_kw) -> 
 # payloads and stats: pure functions
 
 def test_request_payload_of_a_failed_request_has_the_code_and_no_timings():
-    event = RequestEvent(request_id="r9", model="base", language=None, outcome="audio-too-long", queue_ms=3.0)
+    event = RequestEvent(request_id="r9", model="base", language=None, outcome="audio-too-long")
     payload = request_payload(event, include_text=True, default_backend="cpu")
     assert payload["outcome"] == "audio-too-long"
     assert payload["timings"] is None and payload["latency_ms"] is None and payload["tokens"] is None
-    assert payload["queue_ms"] == 3.0
+    assert payload["queue_ms"] is None  # queue time is part of the timings a failed request does not have
     assert payload["encoder_backend"] == "cpu"  # the server's backend when the request never reached one
     assert payload["text"] is None
 
@@ -106,12 +106,12 @@ def test_percentiles_interpolate_like_numpy():
 def test_rolling_window_forgets_old_samples_but_keeps_totals():
     now = [1000.0]
     stats = RollingStats(window_s=60.0, clock=lambda: now[0])
-    stats.add("ok", 100.0, 0.5)
+    stats.add("ok", 100.0, 0.5, fallback=True)
     now[0] += 30
     stats.add("ok", 300.0, 0.25, npu_ms=150.0)
     stats.add("busy")
     snap = stats.snapshot()
-    assert (snap.requests, snap.errors, snap.errors_by_code) == (3, 1, {"busy": 1})
+    assert (snap.requests, snap.errors, snap.errors_by_code, snap.encoder_fallbacks) == (3, 1, {"busy": 1}, 1)
     assert (snap.window_samples, snap.p50_latency_ms, snap.last_latency_ms) == (2, 200.0, 300.0)
     assert snap.mean_realtime_factor == pytest.approx(0.375)
     assert snap.npu_busy_share == pytest.approx(150.0 / 30_000.0)  # only 30 s of uptime so far
@@ -130,6 +130,20 @@ async def test_disabled_without_a_broker_and_every_call_is_a_no_op():
     assert telemetry.stats_snapshot()["requests"] == 0
 
 
+def test_stats_carry_the_encoder_backends_own_counters_and_the_fallbacks():
+    npu = {"precision": "bf16x3", "requests": 4, "fallbacks": 1, "disabled": False, "disabled_reason": None}
+    telemetry = Telemetry(settings_for(free_port()), encoder_backend="npu", models=["base"], version="1",
+                          backend_stats=lambda: dict(npu))
+    telemetry.record(ok_event("a", make_result(encoder_fallback=True)))
+    telemetry.record(ok_event("b"))
+    stats = telemetry.stats_snapshot()
+    assert stats["npu"] == npu and stats["encoder_fallbacks"] == 1 and stats["requests"] == 2
+    npu["disabled"] = True  # read at every snapshot: a backend given up on shows at once
+    assert telemetry.stats_snapshot()["npu"]["disabled"] is True
+    plain = Telemetry(settings_from(), encoder_backend="cpu", models=["base"], version="1")
+    assert plain.stats_snapshot()["npu"] is None
+
+
 async def test_record_never_raises(caplog, make_telemetry):
     telemetry = await make_telemetry(settings_for(free_port()), start=False)
     with caplog.at_level(logging.ERROR, logger="wyoming_amanuensis.telemetry"):
@@ -143,7 +157,6 @@ async def test_record_never_raises(caplog, make_telemetry):
 # ---------------------------------------------------------------------------
 # against a real broker
 
-@requires_mosquitto
 async def test_request_message_fields_equal_the_results(broker, make_telemetry):
     telemetry = await make_telemetry(settings_for(broker.port))
     result = make_result()
@@ -164,7 +177,6 @@ async def test_request_message_fields_equal_the_results(broker, make_telemetry):
     assert "text" not in message  # privacy default
 
 
-@requires_mosquitto
 async def test_discovery_configs_are_retained_and_wired_to_the_status_topic(broker, make_telemetry):
     telemetry = await make_telemetry(settings_for(broker.port))
     await online(broker, telemetry)
@@ -205,9 +217,9 @@ async def test_discovery_configs_are_retained_and_wired_to_the_status_topic(brok
     assert float(render("p95_latency")) == 383.25
     assert float(render("realtime_factor")) == pytest.approx(round(make_result().realtime_factor, 4))
     assert (render("requests"), render("errors"), render("backend")) == ("2", "1", "cpu")
+    assert render("encoder_fallbacks") == "0"
 
 
-@requires_mosquitto
 async def test_online_then_retained_offline_on_clean_stop(broker, make_telemetry):
     telemetry = await make_telemetry(settings_for(broker.port))
     await online(broker, telemetry)
@@ -235,7 +247,6 @@ asyncio.run(main())
 """
 
 
-@requires_mosquitto
 async def test_last_will_says_offline_when_the_process_is_killed(broker):
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(broker.port)], cwd=REPO)
     try:
@@ -253,7 +264,6 @@ async def test_last_will_says_offline_when_the_process_is_killed(broker):
     assert (message.payload, message.retain) == (b"offline", True)
 
 
-@requires_mosquitto
 async def test_broker_killed_and_restarted_publishing_resumes(broker, make_telemetry, monkeypatch, caplog):
     # The first retry after an outage must come well after the test's subscriber is back.
     monkeypatch.setattr(publisher_module, "BACKOFF_INITIAL_S", 1.0)
@@ -282,7 +292,6 @@ async def test_broker_killed_and_restarted_publishing_resumes(broker, make_telem
     assert sum("connected to MQTT broker" in s for s in states) == 2
 
 
-@requires_mosquitto
 async def test_broker_down_at_start_queue_keeps_the_newest(tmp_path, make_telemetry, monkeypatch):
     monkeypatch.setattr(publisher_module, "BACKOFF_INITIAL_S", 1.5)
     broker = MosquittoBroker(tmp_path / "late")  # configured, not started yet
@@ -304,7 +313,6 @@ async def test_broker_down_at_start_queue_keeps_the_newest(tmp_path, make_teleme
         broker.kill()
 
 
-@requires_mosquitto
 async def test_wrong_credentials_logged_once_then_a_fixed_password_file_is_picked_up(tmp_path, make_telemetry,
                                                                                       caplog):
     broker = MosquittoBroker(tmp_path / "auth", users={"amanuensis": "s3cret"}).start()
@@ -326,7 +334,6 @@ async def test_wrong_credentials_logged_once_then_a_fixed_password_file_is_picke
         broker.kill()
 
 
-@requires_mosquitto
 async def test_tls_with_a_client_certificate(tmp_path, make_telemetry, caplog):
     files = make_tls_files(tmp_path / "pki")
     broker = MosquittoBroker(tmp_path / "tls", tls=files).start()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 from ..config import Settings
 from .payloads import OFFLINE, ONLINE, RequestEvent, Topics, discovery_configs, encode, latency_ms, \
@@ -34,8 +34,10 @@ STATS_AFTER_REQUEST_S = 1.0
 
 
 class Telemetry:
-    def __init__(self, settings: Settings, *, encoder_backend: str, models: list[str], version: str) -> None:
+    def __init__(self, settings: Settings, *, encoder_backend: str, models: list[str], version: str,
+                 backend_stats: Callable[[], Optional[dict]] = lambda: None) -> None:
         self.settings = settings
+        self.backend_stats = backend_stats
         self.encoder_backend = encoder_backend
         self.models = list(models)
         self.version = version
@@ -90,7 +92,8 @@ class Telemetry:
             result = event.result
             self.stats.add(event.outcome, latency_ms(event),
                            result.realtime_factor if result else None,
-                           result.timings.npu_ms if result else 0.0)
+                           result.timings.npu_ms if result else 0.0,
+                           fallback=bool(result and result.encoder_fallback))
             payload = request_payload(event, include_text=self.settings.mqtt_include_text,
                                       default_backend=self.encoder_backend)
             self.publisher.submit(Message(self.topics.request, encode(payload), qos=self._qos))
@@ -105,7 +108,8 @@ class Telemetry:
     def stats_snapshot(self) -> dict:
         """The stats payload as it would be published now."""
         return stats_payload(self.stats.snapshot(), encoder_backend=self.encoder_backend, models=self.models,
-                             version=self.version, dropped=self.publisher.dropped if self.publisher else 0)
+                             version=self.version, dropped=self.publisher.dropped if self.publisher else 0,
+                             backend_stats=self.backend_stats())
 
     # ------------------------------------------------------------------ internals
     def _status(self, value: str) -> Message:

@@ -65,28 +65,21 @@ class RequestEvent:
     language: Optional[str]
     outcome: str                     # "ok" or an error code string such as "audio-too-long"
     result: Optional[Result] = None  # None when the request failed before a result existed
-    queue_ms: float = 0.0
-    encoder_backend: str = ""
-
-
-def queue_ms(event: RequestEvent) -> float:
-    # The server fills both; the event's value also covers requests without a result.
-    if event.queue_ms or event.result is None:
-        return round(event.queue_ms, 3)
-    return round(event.result.timings.queue_ms, 3)
 
 
 def latency_ms(event: RequestEvent) -> Optional[float]:
-    """What the client waited for: queue wait plus the pipeline's wall time."""
+    """What the client waited for: queue wait plus the pipeline's time."""
     if event.result is None:
         return None
-    return round(queue_ms(event) + event.result.timings.total_ms, 3)
+    t = event.result.timings
+    return round(t.queue_ms + t.total_ms, 3)
 
 
 def request_payload(event: RequestEvent, *, include_text: bool, default_backend: str,
                     now: Optional[float] = None) -> dict[str, Any]:
     """Every key is always present (null where a failed request has no value),
-    so consumers need no per-outcome schema."""
+    so consumers need no per-outcome schema. ``default_backend`` is the
+    configured encoder backend, reported for requests that never reached it."""
     result = event.result
     payload: dict[str, Any] = {
         "request_id": event.request_id,
@@ -94,11 +87,11 @@ def request_payload(event: RequestEvent, *, include_text: bool, default_backend:
         "model": event.model,
         "language": event.language,
         "outcome": event.outcome,
-        "encoder_backend": (result.encoder_backend if result else event.encoder_backend) or default_backend,
+        "encoder_backend": result.encoder_backend if result else default_backend,
         "encoder_fallback": bool(result and result.encoder_fallback),
         "audio_seconds": round(result.audio_seconds, 3) if result else None,
         "latency_ms": latency_ms(event),
-        "queue_ms": queue_ms(event),
+        "queue_ms": round(result.timings.queue_ms, 3) if result else None,
         "timings": result.timings.as_dict() if result else None,
         "realtime_factor": round(result.realtime_factor, 4) if result else None,
         "tokens": result.tokens if result else None,
@@ -109,7 +102,9 @@ def request_payload(event: RequestEvent, *, include_text: bool, default_backend:
 
 
 def stats_payload(snapshot: StatsSnapshot, *, encoder_backend: str, models: list[str], version: str,
-                  dropped: int, now: Optional[float] = None) -> dict[str, Any]:
+                  dropped: int, backend_stats: Optional[dict] = None, now: Optional[float] = None) -> dict[str, Any]:
+    """``backend_stats``: the encoder backend's own counters (the NPU's: precision,
+    fallbacks, disabled state and why), published as ``npu``; null for torch."""
     def rounded(v: Optional[float], digits: int = 3) -> Optional[float]:
         return None if v is None else round(v, digits)
 
@@ -121,6 +116,7 @@ def stats_payload(snapshot: StatsSnapshot, *, encoder_backend: str, models: list
         "uptime_s": round(snapshot.uptime_s, 1),
         "requests": snapshot.requests,
         "errors": snapshot.errors,
+        "encoder_fallbacks": snapshot.encoder_fallbacks,
         "errors_by_code": dict(sorted(snapshot.errors_by_code.items())),
         "window_s": snapshot.window_s,
         "window_samples": snapshot.window_samples,
@@ -134,6 +130,7 @@ def stats_payload(snapshot: StatsSnapshot, *, encoder_backend: str, models: list
         # Only meaningful where an NPU does the work; null elsewhere so a dashboard
         # does not show a misleading 0 %.
         "npu_busy_share": round(snapshot.npu_busy_share, 4) if encoder_backend == "npu" else None,
+        "npu": backend_stats,
         "telemetry_dropped": dropped,
     }
 
@@ -166,6 +163,10 @@ SENSORS: tuple[SensorSpec, ...] = (
                state_class="total_increasing", icon="mdi:alert-circle-outline"),
     SensorSpec("backend", "Encoder backend", "{{ value_json.encoder_backend }}",
                icon="mdi:chip", diagnostic=True),
+    # Requests the NPU could not encode (run on the CPU instead); with the NPU
+    # given up for good, the stats' npu.disabled_reason says why.
+    SensorSpec("encoder_fallbacks", "Encoder fallbacks", "{{ value_json.encoder_fallbacks }}",
+               state_class="total_increasing", icon="mdi:swap-horizontal", diagnostic=True),
 )
 
 

@@ -35,6 +35,7 @@ class StatsSnapshot:
     uptime_s: float
     requests: int
     errors: int
+    encoder_fallbacks: int
     errors_by_code: dict[str, int]
     window_s: float
     window_samples: int
@@ -79,6 +80,7 @@ class RollingStats:
     clock: Callable[[], float] = time.monotonic
     requests: int = 0
     errors: int = 0
+    encoder_fallbacks: int = 0  # requests whose encoder fell back to the CPU (NPU failures)
     errors_by_code: collections.Counter = field(default_factory=collections.Counter)
     last_latency_ms: Optional[float] = None
     _samples: collections.deque = field(default_factory=collections.deque, repr=False)
@@ -89,10 +91,11 @@ class RollingStats:
         self._started = self.clock()
 
     def add(self, outcome: str, latency_ms: Optional[float] = None, realtime_factor: Optional[float] = None,
-            npu_ms: float = 0.0) -> None:
+            npu_ms: float = 0.0, fallback: bool = False) -> None:
         """Count one finished request. Only requests that produced a result carry
         a latency; an empty utterance is ok yet has none."""
         self.requests += 1
+        self.encoder_fallbacks += int(fallback)
         if outcome != "ok":
             self.errors += 1
             self.errors_by_code[outcome] += 1
@@ -113,6 +116,7 @@ class RollingStats:
             uptime_s=now - self._started,
             requests=self.requests,
             errors=self.errors,
+            encoder_fallbacks=self.encoder_fallbacks,
             errors_by_code=dict(self.errors_by_code),
             window_s=self.window_s,
             window_samples=len(samples),
