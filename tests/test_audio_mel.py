@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wyoming_amanuensis.audio import AudioFormatError, pcm_to_16k, pcm_to_float
+from wyoming_amanuensis.audio import AudioFormatError, Converter, pcm_to_16k, pcm_to_float, to_16k
 from wyoming_amanuensis.mel import N_FRAMES_30S, log_mel, mel_filters
 
 
@@ -29,12 +29,37 @@ def encode(x: np.ndarray, width: int) -> bytes:
 def test_any_pcm_format_becomes_16k_mono(width, rate, channels):
     x = sine(440, rate)
     interleaved = np.repeat(x[:, None], channels, axis=1).reshape(-1)
-    out = pcm_to_16k(encode(interleaved, width), rate, width, channels)
+    out, ms = pcm_to_16k(encode(interleaved, width), rate, width, channels)
+    assert ms > 0
     assert out.dtype == np.float32 and out.ndim == 1
     assert abs(len(out) - 16000) <= 1
     spectrum = np.abs(np.fft.rfft(out))
     assert abs(np.argmax(spectrum) * 16000 / len(out) - 440) < 2
     assert 0.45 < np.abs(out[100:-100]).max() < 0.55
+
+
+@pytest.mark.parametrize("rate, width, channels", [(16000, 2, 1), (44100, 2, 2), (48000, 4, 1), (8000, 1, 1),
+                                                   (22050, 3, 2), (16000, 2, 6)])
+def test_chunk_by_chunk_equals_whole(rate, width, channels):
+    """The server converts chunk by chunk, the transcribe command whole: the same samples."""
+    x = sine(440, rate) + sine(3000, rate, amp=0.2)
+    raw = encode(np.repeat(x[:, None], channels, axis=1).reshape(-1), width)
+    whole, _ = pcm_to_16k(raw, rate, width, channels)
+    converter = Converter()
+    step = 1024 * width * channels
+    parts = [converter.pcm(raw[i:i + step], rate, width, channels) for i in range(0, len(raw), step)]
+    chunked = np.concatenate(parts + [converter.flush()])
+    assert chunked.shape == whole.shape and abs(len(whole) - 16000) <= 1
+    assert np.abs(chunked - whole).max() < 1e-4
+    floats, _ = to_16k(pcm_to_float(raw, width, channels), rate)
+    assert np.array_equal(floats, whole)
+
+
+def test_a_rate_change_mid_stream_keeps_every_sample():
+    converter = Converter()
+    first = converter.pcm(encode(sine(440, 44100), 2), 44100, 2, 1)
+    second = converter.pcm(encode(sine(440, 16000), 2), 16000, 2, 1)
+    assert len(first) + len(second) + len(converter.flush()) == pytest.approx(32000, abs=2)
 
 
 def test_signed_24_bit_negative_values():
