@@ -28,10 +28,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from benchmarks.corpus import SHORT_COMMAND_S, Clip, clips, wer
-from wyoming_amanuensis.audio import to_mono_16k
+from wyoming_amanuensis.audio import to_16k
 from wyoming_amanuensis.config import Settings, _coerce, _fields_by_name, settings_from
 from wyoming_amanuensis.model.loader import resolve
-from wyoming_amanuensis.pipeline import Engine, Request
+from wyoming_amanuensis.pipeline import Engine
+from wyoming_amanuensis.request import Request
 
 
 @dataclass
@@ -58,7 +59,7 @@ def amanuensis_system(name: str, settings: Settings, language: Optional[str]) ->
     engine = Engine.load(settings)
 
     def run(audio: np.ndarray) -> tuple[str, dict]:
-        r = engine.transcribe_array(audio, 16000, Request(language=language))
+        r = engine.transcribe(audio, 16000, Request(language=language))
         return r.text, r.timings.as_dict()
 
     return System(name, run)
@@ -92,7 +93,7 @@ def child_main(args) -> None:
     kind, name, overrides = json.loads(args.child)
     language = args.language or None
     corpus = clips()[: args.limit] if args.limit else clips()
-    audio = [to_mono_16k(*c.read()) for c in corpus]
+    audio = [to_16k(*c.read())[0] for c in corpus]
     if kind == "amanuensis":
         system = amanuensis_system(name, settings_from(model=args.model, encoder_backend="cpu",
                                                        threads=args.threads, **overrides), language)
@@ -145,7 +146,7 @@ def main() -> None:
     corpus: list[Clip] = clips()
     if args.limit:
         corpus = corpus[: args.limit]
-    audio = [to_mono_16k(*c.read()) for c in corpus]
+    audio = [to_16k(*c.read())[0] for c in corpus]
 
     specs = [("amanuensis", name, overrides) for name, overrides in
              ([] if args.no_default else [("amanuensis", {})]) + [parse_variant(v) for v in args.variant]]

@@ -22,15 +22,15 @@ CHILD = r"""
 import json, resource, sys, time
 kind, model, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 from benchmarks.corpus import clips
-from wyoming_amanuensis.audio import to_mono_16k
-audio = [to_mono_16k(*c.read()) for c in clips()[:n]]
+from wyoming_amanuensis.audio import to_16k
+audio = [to_16k(*c.read())[0] for c in clips()[:n]]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 if kind == "amanuensis":
     from wyoming_amanuensis.config import settings_from
     from wyoming_amanuensis.pipeline import Engine
     engine = Engine.load(settings_from(model=model, encoder_backend="cpu", threads=2))
-    run = lambda a: engine.transcribe_array(a, 16000).text
+    run = lambda a: engine.transcribe(a, 16000).text
 else:
     from faster_whisper import WhisperModel
     fw = WhisperModel(sys.argv[4], device="cpu", compute_type=kind.split(":")[1], cpu_threads=2)

@@ -92,9 +92,9 @@ def check_model(name: str, args) -> None:
     if args.speech:
         import soundfile as sf
 
-        from wyoming_amanuensis.audio import to_mono_16k
+        from wyoming_amanuensis.audio import to_16k
         samples, rate = sf.read(args.speech, dtype="float32")
-        s = to_mono_16k(samples, rate)[: audio.size]
+        s = to_16k(samples, rate)[0][: audio.size]
         audio[: s.size] = s
     for precision in args.precisions:
         npu = NpuEncoderBackend.open(model.encoder, settings, precision=precision)
@@ -127,7 +127,7 @@ def check_transcripts(args) -> None:
     same, diffs, enc_cpu, enc_npu = 0, [], [], []
     for wav in clips:
         samples, rate = sf.read(str(wav), dtype="float32")
-        a, b = cpu.transcribe_array(samples, rate), npu.transcribe_array(samples, rate)
+        a, b = cpu.transcribe(samples, rate), npu.transcribe(samples, rate)
         enc_cpu.append(a.timings.encoder_ms)
         enc_npu.append(b.timings.encoder_ms)
         if b.encoder_fallback:

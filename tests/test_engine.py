@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from benchmarks.corpus import SHORT_COMMAND_S, clips, normalize, wer
-from wyoming_amanuensis.audio import to_mono_16k
+from wyoming_amanuensis.audio import pcm_to_16k, to_16k
 from wyoming_amanuensis.config import settings_from
 from wyoming_amanuensis.decoder import DecodeOptions, DecoderInputError, loop_start, max_tokens_for
 from wyoming_amanuensis.encoders.base import EncoderOutput
-from wyoming_amanuensis.pipeline import Engine, Request, TranscriptionError
+from wyoming_amanuensis.pipeline import Engine, TranscriptionError
+from wyoming_amanuensis.request import Job, Request
 
 CLIPS = {c.name: c for c in clips()}
 
@@ -45,7 +46,7 @@ WER_BOUND = REFERENCE_WER + 0.01
 
 
 def audio(name: str) -> np.ndarray:
-    return to_mono_16k(*CLIPS[name].read())
+    return to_16k(*CLIPS[name].read())[0]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def engine() -> Engine:
 @pytest.mark.parametrize("name", EXACT)
 def test_short_commands_exact_words(engine, name):
     samples, rate = CLIPS[name].read()  # native rate and channels: the audio stage converts
-    r = engine.transcribe_array(samples, rate, Request(language="en"))
+    r = engine.transcribe(samples, rate, Request(language="en"))
     assert normalize(r.text) == normalize(CLIPS[name].reference)
     assert r.language == "en"
     assert r.model == "base" and r.encoder_backend == "cpu"
@@ -69,14 +70,14 @@ def test_corpus_wer_within_a_point_of_reference(engine):
     refs, hyps = [], []
     for c in CLIPS.values():
         refs.append(c.reference)
-        hyps.append(engine.transcribe_array(*c.read(), Request(language="en")).text)
+        hyps.append(engine.transcribe(*c.read(), Request(language="en")).text)
     score = wer(refs, hyps)
     print(f"corpus WER {score:.4f} over {len(refs)} clips (bound {WER_BOUND:.3f})")
     assert score <= WER_BOUND
 
 
 def test_result_timings_and_metadata(engine):
-    r = engine.transcribe_array(audio("s2p_gen_turn_on_the_lights"), 16000)
+    r = engine.transcribe(audio("s2p_gen_turn_on_the_lights"), 16000)
     t = r.timings
     for stage in ("audio_ms", "mel_ms", "encoder_ms", "decoder_ms", "total_ms"):
         assert getattr(t, stage) > 0, stage
@@ -90,7 +91,7 @@ def test_result_timings_and_metadata(engine):
 
 
 def test_language_detected_when_not_given(engine):
-    r = engine.transcribe_array(audio("jfk"), 16000, Request(language=None))
+    r = engine.transcribe(audio("jfk"), 16000, Request(language=None))
     assert r.language == "en"
     assert "ask not what your country can do for you" in normalize(r.text)
 
@@ -113,7 +114,7 @@ def test_encoder_runs_once_and_decoder_consumes_its_output(engine):
 
     backend.encode, decoder.prepare = counting_encode, recording_prepare
     try:
-        r = engine.transcribe_array(audio("s2p_gen_turn_on_the_lights"), 16000, Request(word_timestamps=True))
+        r = engine.transcribe(audio("s2p_gen_turn_on_the_lights"), 16000, Request(word_timestamps=True))
     finally:
         del backend.encode, decoder.prepare
     assert normalize(r.text) == "turn on the lights"
@@ -148,7 +149,7 @@ def test_every_length_works(engine, seconds):
     # the loudest window of that length, so short cuts still hold speech
     power = np.concatenate(([0.0], np.cumsum(speech[: 16000 * 30].astype(np.float64) ** 2)))
     start = int((power[n:] - power[:-n]).argmax())
-    r = engine.transcribe_array(speech[start:start + n], 16000, Request(language="en"))
+    r = engine.transcribe(speech[start:start + n], 16000, Request(language="en"))
     assert r.tokens <= max_tokens_for(seconds)
     assert r.audio_seconds == pytest.approx(seconds, abs=1e-3)
     if seconds >= 5:
@@ -163,26 +164,26 @@ def test_silence_and_noise_give_empty_transcripts(engine, seconds, amplitude):
     rng = np.random.default_rng(int(seconds * 10 + amplitude * 1000))
     noise = (rng.standard_normal(int(seconds * 16000)) * amplitude).astype(np.float32)
     for language in ("en", None):
-        r = engine.transcribe_array(noise, 16000, Request(language=language))
+        r = engine.transcribe(noise, 16000, Request(language=language))
         assert r.text == "", (language, r.text)
 
 
 def test_over_long_utterance_is_refused(engine):
     with pytest.raises(TranscriptionError) as err:
-        engine.transcribe_array(np.zeros(16000 * 31, dtype=np.float32), 16000)
+        engine.transcribe(np.zeros(16000 * 31, dtype=np.float32), 16000)
     assert err.value.code == "audio-too-long"
 
 
 def test_unknown_model_is_refused(engine):
     with pytest.raises(TranscriptionError) as err:
-        engine.transcribe_array(audio("s2p_gen_next_track"), 16000, Request(model="large-v3"))
+        engine.transcribe(audio("s2p_gen_next_track"), 16000, Request(model="large-v3"))
     assert err.value.code == "unknown-model" and "base" in str(err.value)
 
 
-def test_unsupported_pcm_is_refused(engine):
+def test_unsupported_audio_is_refused(engine):
     with pytest.raises(TranscriptionError) as err:
-        engine.transcribe_pcm(b"\0" * 100, 16000, 5, 1)
-    assert err.value.code == "unsupported-audio" and "width 5" in str(err.value)
+        engine.transcribe(np.zeros(100, dtype=np.float32), 500)
+    assert err.value.code == "unsupported-audio" and "rate 500" in str(err.value)
 
 
 def test_pcm_any_format(engine):
@@ -192,25 +193,35 @@ def test_pcm_any_format(engine):
     x44 = resample_poly(x, 441, 160).astype(np.float32)
     stereo = np.stack([x44, x44], axis=1)
     pcm32 = (np.clip(stereo, -1, 1 - 2 ** -31) * 2 ** 31).astype("<i4").tobytes()
-    r = engine.transcribe_pcm(pcm32, 44100, 4, 2)
+    samples, audio_ms = pcm_to_16k(pcm32, 44100, 4, 2)
+    r = engine.run([Job(samples, audio_ms=audio_ms)])[0]
     assert normalize(r.text) == "turn on the lights"
     assert r.timings.audio_ms > 0
 
 
+def test_queue_time_counts_from_submission_and_the_audio_stage_is_in_the_total(engine):
+    job = Job(audio("s2p_gen_next_track"), Request(language="en"), audio_ms=7.0)
+    job.submitted -= 0.5  # as if it had waited half a second behind another request
+    r = engine.run([job])[0]
+    t = r.timings
+    assert t.queue_ms >= 500 and t.audio_ms == 7.0
+    assert t.total_ms >= t.audio_ms + t.mel_ms + t.encoder_ms + t.decoder_ms
+
+
 def test_beam_search(engine):
-    r = engine.transcribe_array(audio("s2p_gen_set_kitchen_lights_to_white"), 16000, Request(beam_size=5, language="en"))
+    r = engine.transcribe(audio("s2p_gen_set_kitchen_lights_to_white"), 16000, Request(beam_size=5, language="en"))
     assert normalize(r.text) == normalize(CLIPS["s2p_gen_set_kitchen_lights_to_white"].reference)
 
 
 def test_prompt_is_used_and_harmless(engine):
-    r = engine.transcribe_array(audio("s2p_gen_what_is_the_ecobee_temperature"), 16000,
+    r = engine.transcribe(audio("s2p_gen_what_is_the_ecobee_temperature"), 16000,
                                 Request(prompt="EcoBee, Kitchen, Bed Light", language="en"))
     assert normalize(r.text) == "what is the ecobee temperature"
     assert "EcoBee" in r.text  # the prompt's spelling wins over the model's "Ecobee"
 
 
 def test_word_timestamps(engine):
-    r = engine.transcribe_array(audio("jfk"), 16000, Request(word_timestamps=True, language="en"))
+    r = engine.transcribe(audio("jfk"), 16000, Request(word_timestamps=True, language="en"))
     assert r.timings.alignment_ms > 0
     assert " ".join(w.word for w in r.words) == r.text.strip()
     starts = [w.start for w in r.words]
@@ -226,9 +237,9 @@ def test_fast_alignment_equals_teacher_forced_pass():
     """Attention recorded while decoding is the teacher-forced pass's, without the pass
     (float decoder: int8 activations are quantised per call, so rows differ in the last bits)."""
     e = Engine.load(settings_from(model="tiny.en", encoder_backend="cpu", int8_decoder=False, word_timestamps=True))
-    fast = e.transcribe_array(audio("jfk"), 16000)
+    fast = e.transcribe(audio("jfk"), 16000)
     e.settings.fast_alignment = False
-    slow = e.transcribe_array(audio("jfk"), 16000)
+    slow = e.transcribe(audio("jfk"), 16000)
     assert fast.text == slow.text and len(fast.words) > 15
     for f, s in zip(fast.words, slow.words):
         assert f.word == s.word
@@ -257,7 +268,7 @@ def test_loop_detection():
 def test_other_engine_paths_transcribe(overrides):
     e = Engine.load(settings_from(model="tiny.en", encoder_backend="cpu", **overrides))
     for name in ("s2p_gen_turn_on_the_lights", "s2p_gen_set_lights_to_red"):
-        r = e.transcribe_array(audio(name), 16000)
+        r = e.transcribe(audio(name), 16000)
         assert normalize(r.text) == normalize(CLIPS[name].reference)
         assert r.language == "en" and r.model == "tiny.en"
 
@@ -267,18 +278,12 @@ def test_short_commands_are_most_of_the_corpus():
     assert len(short) >= 60
 
 
-def _pcm16(x: np.ndarray) -> bytes:
-    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
-
-
 def test_batch_decoding_matches_single_requests(engine):
-    from wyoming_amanuensis.pipeline import PcmInput
-
     names = ["s2p_gen_turn_on_the_lights", "jfk", "s2p_gen_next_track", "s2p_rec_lock_the_front_door"]
-    items = [PcmInput(_pcm16(audio(n)), 16000, 2, 1, Request(language="en")) for n in names]
-    items.insert(2, PcmInput(b"\0" * 30, 16000, 7, 1))  # a bad request fails alone
-    items.append(PcmInput(_pcm16(np.zeros(16000, dtype=np.float32)), 16000, 2, 1))  # silence
-    items.append(PcmInput(_pcm16(audio("s2p_gen_next_track")), 16000, 2, 1, Request(beam_size=3)))  # beam: alone
+    jobs = [Job(audio(n), Request(language="en")) for n in names]
+    jobs.insert(2, Job(audio(names[0]), Request(model="large-v3")))  # a bad request fails alone
+    jobs.append(Job(np.zeros(16000, dtype=np.float32)))  # silence
+    jobs.append(Job(audio("s2p_gen_next_track"), Request(beam_size=3)))  # beam: alone
     decoder = engine.models["base"].decoder
     batches = []
     real = decoder.decode_batch
@@ -289,11 +294,11 @@ def test_batch_decoding_matches_single_requests(engine):
 
     decoder.decode_batch = recording
     try:
-        results = engine.transcribe_pcm_batch(items)
+        results = engine.run(jobs)
     finally:
         del decoder.decode_batch
     assert batches == [4]  # the four greedy speech requests in one batch (silence never reaches the decoder)
-    assert isinstance(results[2], TranscriptionError) and results[2].code == "unsupported-audio"
+    assert isinstance(results[2], TranscriptionError) and results[2].code == "unknown-model"
     texts = [normalize(r.text) for i, r in enumerate(results) if i not in (2,)]
     expected = [normalize(CLIPS[n].reference) for n in names] + ["", "next track"]
     assert texts == expected

@@ -49,7 +49,7 @@ def test_user_model_directory_loads_and_transcribes(tiny_dir):
     assert m.alignment_heads[0] == (1, 0)
     engine = Engine.load(settings_from(model=str(tiny_dir), encoder_backend="cpu"))
     clip = next(c for c in clips() if c.name == "s2p_gen_turn_on_the_lights")
-    assert normalize(engine.transcribe_array(*clip.read()).text) == "turn on the lights"
+    assert normalize(engine.transcribe(*clip.read()).text) == "turn on the lights"
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.001, 0.5, 0.999])

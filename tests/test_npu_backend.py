@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_pyxrt  # noqa: E402
 
-from wyoming_amanuensis.audio import to_mono_16k  # noqa: E402
+from wyoming_amanuensis.audio import to_16k  # noqa: E402
 from wyoming_amanuensis.config import settings_from  # noqa: E402
 from wyoming_amanuensis.encoders import BackendUnavailable, TorchEncoderBackend, npu_device, select_backend  # noqa: E402
 from wyoming_amanuensis.encoders.npu import MAX_CONSECUTIVE_FAILURES, NpuEncoderBackend  # noqa: E402
@@ -84,7 +84,7 @@ def models():
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
     samples, rate = sf.read(str(CORPUS / "jfk.wav"), dtype="float32")
-    return to_mono_16k(samples, rate)
+    return to_16k(samples, rate)[0]
 
 
 def mel_of(audio: np.ndarray, seconds: float, n_mels: int = 80) -> torch.Tensor:

@@ -68,14 +68,14 @@ def engines(fake_npu):
 def cpu_texts(engines):
     cpu, _ = engines
     names = SUBSET if not FULL else sorted(p.stem for p in CORPUS.glob("*.wav"))
-    return {name: cpu.transcribe_array(*read(name)).text for name in names}
+    return {name: cpu.transcribe(*read(name)).text for name in names}
 
 
 def test_transcripts_match_the_cpu_backend(engines, cpu_texts, fake_npu):
     _, npu = engines
     differ = []
     for name, want in cpu_texts.items():
-        result = npu.transcribe_array(*read(name))
+        result = npu.transcribe(*read(name))
         assert result.encoder_backend == "npu" and not result.encoder_fallback
         assert result.timings.npu_ms > 0 and result.timings.npu_ms <= result.timings.encoder_ms
         if result.text != want:
@@ -96,11 +96,11 @@ def test_the_decoder_consumes_the_npu_output(engines, cpu_texts, fake_npu, monke
     with monkeypatch.context() as mp:
         mp.setattr(whisper.Encoder, "forward", poisoned)
         mp.setattr(whisper.EncoderBlock, "forward", poisoned)
-        result = npu.transcribe_array(*read(name))
+        result = npu.transcribe(*read(name))
     assert result.text == cpu_texts[name] and result.encoder_backend == "npu"
     fake_npu.corrupt_output = True
     try:
-        broken = npu.transcribe_array(*read(name))
+        broken = npu.transcribe(*read(name))
     finally:
         fake_npu.corrupt_output = False
     assert broken.encoder_backend == "npu" and broken.text != cpu_texts[name]
@@ -113,10 +113,10 @@ def test_a_failed_launch_still_gives_the_cpu_transcript(engines, cpu_texts, fake
     before = backend.fallback_count
     name = "s2p_rec_add_apples_to_my_shopping_list"
     fake_npu.fail_next(mode, after=30)
-    result = npu.transcribe_array(*read(name))
+    result = npu.transcribe(*read(name))
     assert result.encoder_fallback and result.encoder_backend == "cpu"
     assert result.text == cpu_texts[name]
     assert backend.fallback_count == before + 1
     assert result.as_dict()["encoder_fallback"] is True
-    again = npu.transcribe_array(*read(name))
+    again = npu.transcribe(*read(name))
     assert not again.encoder_fallback and again.encoder_backend == "npu"

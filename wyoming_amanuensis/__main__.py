@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return transcribe_run(settings, args.files, as_json=args.json, repeat=args.repeat)
 
-    from .server import run as serve_run
+    from .app import run as serve_run
 
     return serve_run(settings)
 

@@ -17,20 +17,21 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
 
 from . import align
-from .audio import SAMPLE_RATE, AudioFormatError, pcm_to_16k, to_mono_16k
+from .audio import SAMPLE_RATE, AudioFormatError, to_16k
 from .config import Settings
 from .decoder import CrossAttention, DecodeOptions, DecodeResult, WhisperDecoder, max_tokens_for
 from .encoders import EncoderBackend, EncoderOutput, select_backend
 from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
 from .model.loader import WhisperModel, load_model
 from .model.whisper import SilenceContext
+from .request import Job, Request
 from .result import Result, Timings
 
 _LOG = logging.getLogger(__name__)
@@ -45,16 +46,6 @@ class TranscriptionError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-@dataclass
-class Request:
-    model: Optional[str] = None  # a loaded model's name; None = the default model
-    language: Optional[str] = None  # None = the configured language, else auto-detect
-    prompt: Optional[str] = None  # words to bias toward (names, terms)
-    word_timestamps: Optional[bool] = None  # None = the configured default
-    beam_size: Optional[int] = None
-    partial: bool = False  # a streaming partial: greedy, no alignment
 
 
 @dataclass
@@ -136,63 +127,57 @@ class Engine:
             return self.models[name]
         raise TranscriptionError("unknown-model", f"model {name!r} is not loaded (loaded: {', '.join(self.models)})")
 
+    def backend_stats(self) -> Optional[dict]:
+        """The default model's encoder backend counters (the NPU's; None for torch)."""
+        return self.models[self.default_model].backend.stats()
+
     # ------------------------------------------------------------- requests
-    def transcribe_pcm(self, pcm: bytes, rate: int, width: int, channels: int, request: Request = Request()) -> Result:
-        """Raw interleaved PCM in any format -> Result (the audio stage is timed)."""
-        job = self._job(lambda: pcm_to_16k(pcm, rate, width, channels), request)
-        with self._lock:
-            self._front(job)
-            if job.result is None:
-                self._decode([job])
-        return self._finish(job)
+    def transcribe(self, samples: np.ndarray, rate: int, request: Request = Request()) -> Result:
+        """A whole recording (float samples, [frames] or [frames, channels], any rate) -> Result."""
+        try:
+            audio, audio_ms = to_16k(samples, rate)
+        except AudioFormatError as err:
+            raise TranscriptionError("unsupported-audio", str(err)) from None
+        outcome = self.run([Job(audio=audio, request=request, audio_ms=audio_ms)])[0]
+        if isinstance(outcome, TranscriptionError):
+            raise outcome
+        return outcome
 
-    def transcribe_array(self, samples: np.ndarray, rate: int, request: Request = Request()) -> Result:
-        """Float samples ([frames] or [frames, channels]) at any rate -> Result."""
-        job = self._job(lambda: to_mono_16k(samples, rate), request)
-        with self._lock:
-            self._front(job)
-            if job.result is None:
-                self._decode([job])
-        return self._finish(job)
+    def run(self, jobs: list[Job]) -> list[Union[Result, TranscriptionError]]:
+        """Jobs -> a Result or the TranscriptionError it failed with, in order.
 
-    def transcribe_pcm_batch(self, items: list[PcmInput]) -> list[Union[Result, TranscriptionError]]:
-        """Several requests at once (``--batch-decoding``): each is converted, checked and
-        encoded on its own; greedy requests of one model then share one batched decode,
-        whose wall time each of them reports as its decoder time. A bad request fails
-        alone, with its TranscriptionError in its place in the returned list."""
-        jobs: list[Union[_Job, TranscriptionError]] = []
-        for item in items:
+        Each job is checked and encoded on its own; with several jobs (the
+        scheduler's batches, ``--batch-decoding``), greedy jobs of one model then
+        share one batched decode, whose wall time each of them reports as its
+        decoder time. A bad job fails alone."""
+        start = time.perf_counter()
+        work: list[Union[_Work, TranscriptionError]] = []
+        for job in jobs:
             try:
-                jobs.append(self._job(lambda it=item: pcm_to_16k(it.pcm, it.rate, it.width, it.channels), item.request))
+                work.append(self._check(job, start))
             except TranscriptionError as err:
-                jobs.append(err)
-        live = [j for j in jobs if isinstance(j, _Job)]
+                work.append(err)
+        live = [w for w in work if isinstance(w, _Work)]
         with self._lock:
-            for job in live:
-                self._front(job)
-            pending = [j for j in live if j.result is None]
-            for name in {j.loaded.model.name for j in pending}:
-                group = [j for j in pending if j.loaded.model.name == name]
-                greedy = [j for j in group if j.options.beam_size == 1]
-                for j in group:
-                    if j.options.beam_size > 1:
-                        self._decode([j])
+            for w in live:
+                self._front(w)
+            pending = [w for w in live if w.result is None]
+            for name in {w.loaded.model.name for w in pending}:
+                group = [w for w in pending if w.loaded.model.name == name]
+                greedy = [w for w in group if w.options.beam_size == 1]
+                for w in group:
+                    if w.options.beam_size > 1:
+                        self._decode([w])
                 for k in range(0, len(greedy), self.settings.batch_decode_size):
                     self._decode(greedy[k:k + self.settings.batch_decode_size])
-        return [self._finish(j) if isinstance(j, _Job) else j for j in jobs]
+        return [self._finish(w) if isinstance(w, _Work) else w for w in work]
 
     # --------------------------------------------------------------- stages
-    def _job(self, convert, request: Request) -> "_Job":
-        """Audio stage and request checks (outside the engine lock: no model involved)."""
-        timings = Timings()
-        t0 = time.perf_counter()
-        with _stage(timings, "audio"):
-            try:
-                audio = convert()
-            except AudioFormatError as err:
-                raise TranscriptionError("unsupported-audio", str(err)) from None
+    def _check(self, job: Job, start: float) -> "_Work":
+        """Request checks and decoding options (no model work yet)."""
+        request = job.request
         loaded = self.resolve_model(request.model)
-        seconds = audio.shape[0] / SAMPLE_RATE
+        seconds = job.audio.shape[0] / SAMPLE_RATE
         if seconds > self.settings.max_utterance_s:
             raise TranscriptionError("audio-too-long",
                                      f"utterance of {seconds:.1f} s exceeds the maximum of {self.settings.max_utterance_s:g} s")
@@ -204,8 +189,9 @@ class Engine:
         options = DecodeOptions(language=request.language or self.settings.language, beam_size=beam,
                                 prompt_tokens=prompt, max_tokens=max_tokens_for(seconds),
                                 record_alignment=want_words and self.settings.fast_alignment and beam == 1)
-        return _Job(loaded=loaded, audio=audio, seconds=seconds, options=options, want_words=want_words,
-                    timings=timings, t0=t0)
+        timings = Timings(audio_ms=job.audio_ms, queue_ms=max(0.0, (start - job.submitted) * 1000.0))
+        return _Work(loaded=loaded, audio=job.audio, seconds=seconds, options=options, want_words=want_words,
+                     timings=timings, t0=start)
 
     def _window_frames(self, n_samples: int) -> int:
         """Mel frames to encode: the speech plus a margin (fast path) or the whole 30 s window."""
@@ -216,75 +202,67 @@ class Engine:
         frames += frames % 2  # conv2 halves it: keep whole encoder positions
         return max(2, min(N_FRAMES_30S, frames))
 
-    def _front(self, job: "_Job") -> None:
+    def _front(self, w: "_Work") -> None:
         """mel and encoder stages, then the decoder's per-request preparation (timed as decoder)."""
-        model, audio, timings = job.loaded.model, job.audio, job.timings
+        model, audio, timings = w.loaded.model, w.audio, w.timings
         if audio.size == 0 or float(np.abs(audio).max()) < SILENCE_PEAK:
-            language = job.options.language or (None if model.tokenizer.multilingual else "en")
-            job.result = self._result(job, "", language, words=[])
+            language = w.options.language or (None if model.tokenizer.multilingual else "en")
+            w.result = self._result(w, "", language, words=[])
             return
         with _stage(timings, "mel"):
             frames = self._window_frames(audio.shape[0])
             mel = log_mel(audio, model.dims.n_mels, n_frames=frames)[None]
         with _stage(timings, "encoder"):
-            job.enc = job.loaded.backend.encode(mel, job.loaded.context)
-            job.enc.tail_cached = frames < N_FRAMES_30S
-            timings.npu_ms += job.enc.npu_ms
+            w.enc = w.loaded.backend.encode(mel, w.loaded.context)
+            w.enc.tail_cached = frames < N_FRAMES_30S
+            timings.npu_ms += w.enc.npu_ms
         with _stage(timings, "decoder"):
-            job.cross = job.loaded.decoder.prepare(job.enc)
+            w.cross = w.loaded.decoder.prepare(w.enc)
 
-    def _decode(self, jobs: list["_Job"]) -> None:
-        decoder = jobs[0].loaded.decoder
+    def _decode(self, works: list["_Work"]) -> None:
+        decoder = works[0].loaded.decoder
         t0 = time.perf_counter()
-        if len(jobs) == 1:
-            decoded = [decoder.decode(jobs[0].cross, jobs[0].options)]
+        if len(works) == 1:
+            decoded = [decoder.decode(works[0].cross, works[0].options)]
         else:
-            decoded = decoder.decode_batch([j.cross for j in jobs], [j.options for j in jobs])
+            decoded = decoder.decode_batch([j.cross for j in works], [j.options for j in works])
         elapsed = (time.perf_counter() - t0) * 1000.0
-        for job, dec in zip(jobs, decoded):
-            job.dec = dec
-            job.timings.decoder_ms += elapsed
+        for w, dec in zip(works, decoded):
+            w.dec = dec
+            w.timings.decoder_ms += elapsed
 
-    def _finish(self, job: "_Job") -> Result:
-        """Silence verdict, text, optional alignment stage; stamps the total time."""
-        if job.result is None:
-            dec, model = job.dec, job.loaded.model
+    def _finish(self, w: "_Work") -> Result:
+        """Silence verdict, text, optional alignment stage; stamps the total time (the audio
+        stage, done as the audio arrived, plus the wall time from the start of the run)."""
+        if w.result is None:
+            dec, model = w.dec, w.loaded.model
             if dec.is_silence:
-                job.result = self._result(job, "", dec.language, words=[])
+                w.result = self._result(w, "", dec.language, words=[])
             else:
                 words = None
-                if job.want_words:
-                    with _stage(job.timings, "alignment"):
+                if w.want_words:
+                    with _stage(w.timings, "alignment"):
                         weights = dec.alignment_weights
                         if weights is None or weights.shape[1] != len(dec.tokens) + 1:
-                            weights = job.loaded.decoder.alignment_pass(job.cross, dec)
-                        positions = min(int(math.ceil(job.seconds * FRAMES_PER_SECOND / 2)), weights.shape[-1])
+                            weights = w.loaded.decoder.alignment_pass(w.cross, dec)
+                        positions = min(int(math.ceil(w.seconds * FRAMES_PER_SECOND / 2)), weights.shape[-1])
                         words = align.word_timestamps(weights, dec.tokens, model.tokenizer, positions, dec.language)
-                job.result = self._result(job, model.tokenizer.decode(dec.tokens).strip(), dec.language, words=words)
-        job.timings.total_ms = (time.perf_counter() - job.t0) * 1000.0
-        return job.result
+                w.result = self._result(w, model.tokenizer.decode(dec.tokens).strip(), dec.language, words=words)
+        w.timings.total_ms = w.timings.audio_ms + (time.perf_counter() - w.t0) * 1000.0
+        return w.result
 
     @staticmethod
-    def _result(job: "_Job", text: str, language: Optional[str], words) -> Result:
-        dec, enc = job.dec, job.enc
-        return Result(text=text, language=language, timings=job.timings, audio_seconds=job.seconds,
+    def _result(w: "_Work", text: str, language: Optional[str], words) -> Result:
+        dec, enc = w.dec, w.enc
+        return Result(text=text, language=language, timings=w.timings, audio_seconds=w.seconds,
                       tokens=len(dec.tokens) if dec else 0,
-                      encoder_backend=enc.backend if enc else job.loaded.backend.name,
-                      model=job.loaded.model.name, words=words if job.want_words else None,
+                      encoder_backend=enc.backend if enc else w.loaded.backend.name,
+                      model=w.loaded.model.name, words=words if w.want_words else None,
                       encoder_fallback=bool(enc and enc.fallback), token_ids=list(dec.tokens) if dec else [])
 
 
 @dataclass
-class PcmInput:
-    pcm: bytes
-    rate: int
-    width: int
-    channels: int
-    request: Request = field(default_factory=Request)
-
-
-@dataclass
-class _Job:
+class _Work:
     """One request on its way through the stages."""
 
     loaded: LoadedModel

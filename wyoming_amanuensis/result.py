@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-STAGES = ("audio", "mel", "encoder", "decoder", "alignment")
-
-
 @dataclass
 class Timings:
-    """Milliseconds per stage. ``total_ms`` is wall time of the whole pipeline
-    (it can exceed the sum of stages by the glue between them)."""
+    """Milliseconds per stage, all filled by the engine. ``audio_ms`` is the
+    conversion to 16 kHz (done as the audio arrived, by :class:`audio.Converter`);
+    ``total_ms`` is that plus the wall time of the rest of the pipeline (it can
+    exceed the sum of stages by the glue between them)."""
 
     audio_ms: float = 0.0
     mel_ms: float = 0.0
@@ -23,7 +22,7 @@ class Timings:
     decoder_ms: float = 0.0
     alignment_ms: float = 0.0
     total_ms: float = 0.0
-    # Time the request waited for the engine (filled by the server's scheduler).
+    # Time the request waited for the engine: from Job.submitted to the start of its run.
     queue_ms: float = 0.0
     # Time the NPU spent on this request's kernels (0 unless the npu backend ran).
     npu_ms: float = 0.0

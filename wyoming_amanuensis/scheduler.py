@@ -1,45 +1,45 @@
 """Bounded request queue in front of the engine, off the event loop.
 
-One worker thread runs engine calls: torch already spreads one request over
+One worker thread runs the engine: torch already spreads one request over
 every core, and the engine serialises requests anyway, so more workers would
 only add contention. The event loop never runs inference; it only queues a
-callable and awaits its future, so ``describe`` is answered while the worker
-is busy.
+:class:`~wyoming_amanuensis.request.Job` and awaits its future, so
+``describe`` is answered while the worker is busy.
 
-Two kinds of work:
+Two kinds of work, one shape (a ``Job``, run by ``run(list_of_jobs)``):
 
 * **final** transcripts (a client sent ``audio-stop`` and waits). At most
   ``depth`` may wait; one more is refused with :class:`QueueFull` ("busy")
-  so a burst waits instead of piling up audio without limit.
-* **partial** transcripts (streaming previews). They only run when no final
-  is waiting: a final entering the queue drops every waiting partial, and a
-  partial is never dispatched while a final waits. They never delay anyone's
-  result by more than the one partial decode that may already be running.
-
-With batching on (``batch_size`` > 1 and a ``run_batch`` callable), finals
-that carry a batch item and wait together are handed to ``run_batch`` as one
-list (up to ``batch_size``): the engine decodes them in one batch. Each
-caller still gets its own result, or its own exception.
+  so a burst waits instead of piling up audio without limit. With
+  ``batch_size`` > 1, finals that wait together go to ``run`` as one list
+  (up to ``batch_size``); each caller still gets its own result or error.
+* **partial** transcripts (streaming previews), always one at a time. They
+  only run when no final is waiting: a final entering the queue drops every
+  waiting partial, and a partial is never dispatched while a final waits.
+  They never delay anyone's result by more than the one partial decode that
+  may already be running.
 
 A caller that goes away (its task is cancelled, e.g. the client vanished)
 takes its job out of the queue; a job already running finishes in the worker
-and its result is dropped. The scheduler knows nothing about audio or the
-protocol: jobs are plain callables.
+and its result is dropped. Queue time is not measured here: the engine
+stamps it into the result's timings from ``Job.submitted``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from .request import Job
 
 _LOG = logging.getLogger(__name__)
 
-T = TypeVar("T")
+# run(jobs) returns, per job in order, its result or the exception it failed with.
+RunFn = Callable[[list[Job]], Sequence[Any]]
 
 
 class QueueFull(Exception):
@@ -55,36 +55,26 @@ class SchedulerClosed(Exception):
 
 
 @dataclass
-class _Job:
-    fn: Callable[[], Any]
-    partial: bool
+class _Queued:
+    job: Job
     future: asyncio.Future
-    submitted: float = field(default_factory=time.perf_counter)
-    batch_item: Any = None  # what run_batch takes in place of calling fn
 
 
 class Scheduler:
-    def __init__(self, depth: int, *, batch_size: int = 1,
-                 run_batch: Optional[Callable[[list], list]] = None) -> None:
+    def __init__(self, run: RunFn, depth: int, *, batch_size: int = 1) -> None:
         if depth < 1:
             raise ValueError("queue depth must be at least 1")
         self.depth = depth
-        self.batch_size = batch_size if run_batch is not None else 1
-        self._run_batch = run_batch
-        self._finals: deque[_Job] = deque()
-        self._partials: deque[_Job] = deque()
+        self.batch_size = max(1, batch_size)
+        self._run = run
+        self._finals: deque[_Queued] = deque()
+        self._partials: deque[_Queued] = deque()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amanuensis-engine")
         self._wake: Optional[asyncio.Event] = None
         self._idle: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
-        self._running: Optional[_Job] = None
+        self._running = False
         self._closed = False
-        # Counters for logs and tests.
-        self.finals_done = 0
-        self.partials_done = 0
-        self.partials_skipped = 0
-        self.refused = 0
-        self.batches = 0  # batched runs of more than one final
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -95,7 +85,6 @@ class Scheduler:
 
     async def drain(self, timeout: Optional[float]) -> bool:
         """Wait until no final is waiting or running; True if that happened in time."""
-        assert self._idle is not None
         try:
             await asyncio.wait_for(self._wait_idle(), timeout)
             return True
@@ -104,7 +93,7 @@ class Scheduler:
 
     async def _wait_idle(self) -> None:
         assert self._idle is not None
-        while self._finals or self._running is not None:
+        while self._finals or self._running:
             self._idle.clear()
             await self._idle.wait()
 
@@ -113,9 +102,9 @@ class Scheduler:
         self._closed = True
         for queue in (self._finals, self._partials):
             while queue:
-                job = queue.popleft()
-                if not job.future.done():
-                    job.future.set_exception(SchedulerClosed("the server is shutting down"))
+                item = queue.popleft()
+                if not item.future.done():
+                    item.future.set_exception(SchedulerClosed("the server is shutting down"))
         if self._wake is not None:
             self._wake.set()
         if self._task is not None:
@@ -129,141 +118,99 @@ class Scheduler:
     # ------------------------------------------------------------- queries
     @property
     def finals_waiting(self) -> int:
-        return sum(1 for j in self._finals if not j.future.done())
+        return sum(1 for q in self._finals if not q.future.done())
 
     @property
     def busy(self) -> bool:
-        return self._running is not None
+        return self._running
 
     @property
     def idle(self) -> bool:
-        return self._running is None and not self._finals and not self._partials
+        return not self._running and not self._finals and not self._partials
 
     # ------------------------------------------------------------- submit
-    async def run_final(self, fn: Callable[[], T], batch_item: Any = None) -> tuple[T, float]:
-        """Run ``fn`` in the worker ahead of any partial; returns (result, ms it waited).
-        With batching on, a ``batch_item`` lets it join other waiting finals in one run."""
+    async def run_final(self, job: Job) -> Any:
+        """Run ``job`` ahead of any partial; its result, or the exception it failed with."""
         if self._closed:
             raise SchedulerClosed("the server is shutting down")
         if self.finals_waiting >= self.depth:
-            self.refused += 1
             raise QueueFull(f"{self.depth} requests are already waiting for the engine; try again shortly")
-        job = self._submit(fn, partial=False)
-        job.batch_item = batch_item
+        item = self._submit(job, self._finals)
         # Finals first: previews that have not started are dropped.
         while self._partials:
             p = self._partials.popleft()
             if not p.future.done():
                 p.future.set_result(None)
-                self.partials_skipped += 1
-        return await self._await(job, self._finals)
+        return await self._await(item, self._finals)
 
-    async def run_partial(self, fn: Callable[[], T]) -> Optional[tuple[T, float]]:
-        """Run ``fn`` when no final is waiting; None when it was skipped."""
+    async def run_partial(self, job: Job) -> Optional[Any]:
+        """Run ``job`` when no final is waiting; None when it was skipped."""
         if self._closed or self.finals_waiting or len(self._partials) >= self.depth:
-            self.partials_skipped += 1
             return None
-        job = self._submit(fn, partial=True)
-        return await self._await(job, self._partials)
+        return await self._await(self._submit(job, self._partials), self._partials)
 
-    def _submit(self, fn: Callable[[], Any], *, partial: bool) -> _Job:
+    def _submit(self, job: Job, queue: deque) -> _Queued:
         assert self._wake is not None, "Scheduler.start() was not called"
-        job = _Job(fn=fn, partial=partial, future=asyncio.get_running_loop().create_future())
-        (self._partials if partial else self._finals).append(job)
+        item = _Queued(job, asyncio.get_running_loop().create_future())
+        queue.append(item)
         self._wake.set()
-        return job
+        return item
 
-    async def _await(self, job: _Job, queue: deque) -> Any:
+    @staticmethod
+    async def _await(item: _Queued, queue: deque) -> Any:
         try:
-            return await job.future
+            return await item.future
         except asyncio.CancelledError:
             # The caller went away: a job still waiting leaves the queue now.
             try:
-                queue.remove(job)
+                queue.remove(item)
             except ValueError:
                 pass
             raise
 
     # ------------------------------------------------------------ dispatch
-    def _next(self) -> Optional[_Job]:
-        while self._finals:
-            job = self._finals.popleft()
-            if not job.future.done():
-                return job
-        while self._partials:
-            job = self._partials.popleft()
-            if not job.future.done():
-                return job
-        return None
+    def _take(self) -> list[_Queued]:
+        """The next run: up to ``batch_size`` waiting finals, else one partial."""
+        batch: list[_Queued] = []
+        while self._finals and len(batch) < self.batch_size:
+            item = self._finals.popleft()
+            if not item.future.done():
+                batch.append(item)
+        while not batch and self._partials:
+            item = self._partials.popleft()
+            if not item.future.done():
+                batch.append(item)
+        return batch
 
     async def _dispatch(self) -> None:
         assert self._wake is not None and self._idle is not None
         loop = asyncio.get_running_loop()
         while True:
-            job = self._next()
-            if job is None:
+            batch = self._take()
+            if not batch:
                 self._idle.set()
                 if self._closed:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if job.batch_item is not None and self.batch_size > 1 and self._batchable_waiting():
-                await self._dispatch_batch(loop, job)
-                continue
-            queue_ms = (time.perf_counter() - job.submitted) * 1000.0
-            self._running = job
+            if len(batch) > 1:
+                _LOG.debug("running %d waiting requests in one batch", len(batch))
+            self._running = True
             try:
-                result = await loop.run_in_executor(self._executor, job.fn)
+                outcomes = await loop.run_in_executor(self._executor, self._run, [q.job for q in batch])
             except asyncio.CancelledError:
                 raise
-            except BaseException as err:  # noqa: BLE001 - handed to the waiting caller
-                if not job.future.done():
-                    job.future.set_exception(err)
-            else:
-                if not job.future.done():
-                    job.future.set_result((result, queue_ms))
+            except BaseException as err:  # noqa: BLE001 - every caller of the batch hears of it
+                outcomes = [err] * len(batch)
             finally:
-                self._running = None
-                if job.partial:
-                    self.partials_done += 1
+                self._running = False
+            for item, outcome in zip(batch, outcomes):
+                if item.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    item.future.set_exception(outcome)
                 else:
-                    self.finals_done += 1
-                if not self._finals:
-                    self._idle.set()
-
-    def _batchable_waiting(self) -> bool:
-        return any(j.batch_item is not None and not j.future.done() for j in self._finals)
-
-    async def _dispatch_batch(self, loop: asyncio.AbstractEventLoop, first: _Job) -> None:
-        """Run ``first`` and the batchable finals waiting behind it as one engine call."""
-        jobs = [first]
-        for j in list(self._finals):
-            if len(jobs) >= self.batch_size:
-                break
-            if j.batch_item is not None and not j.future.done():
-                self._finals.remove(j)
-                jobs.append(j)
-        now = time.perf_counter()
-        waits = [(now - j.submitted) * 1000.0 for j in jobs]
-        _LOG.debug("decoding %d waiting requests in one batch", len(jobs))
-        self._running = first
-        try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, [j.batch_item for j in jobs])
-        except asyncio.CancelledError:
-            raise
-        except BaseException as err:  # noqa: BLE001 - every caller of the batch hears of it
-            results = [err] * len(jobs)
-        finally:
-            self._running = None
-            self.finals_done += len(jobs)
-            self.batches += 1
-        for job, result, queue_ms in zip(jobs, results, waits):
-            if job.future.done():
-                continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result((result, queue_ms))
-        if not self._finals:
-            self._idle.set()
+                    item.future.set_result(outcome)
+            if not self._finals:
+                self._idle.set()

@@ -8,7 +8,8 @@ import sys
 import soundfile as sf
 
 from .config import Settings
-from .pipeline import Engine, Request, TranscriptionError
+from .pipeline import Engine, TranscriptionError
+from .request import Request
 
 
 def run(settings: Settings, files: list[str], *, as_json: bool = False, repeat: int = 1) -> int:
@@ -23,7 +24,7 @@ def run(settings: Settings, files: list[str], *, as_json: bool = False, repeat: 
             continue
         try:
             for _ in range(max(1, repeat)):
-                result = engine.transcribe_array(samples, rate, Request())
+                result = engine.transcribe(samples, rate, Request())
         except TranscriptionError as err:
             print(f"{path}: {err.code}: {err}", file=sys.stderr)
             failed += 1

@@ -1,0 +1,156 @@
+"""What a client asks for, as one value: :class:`Request`, and :class:`Job` (a request with its audio).
+
+The server builds a ``Request`` from a Wyoming ``transcribe`` event with
+:func:`parse_transcribe`, which checks every field once (types, the model
+name against the loaded models, the language against that model's); the
+``transcribe`` command and the benchmarks build one directly. A ``Job`` is the
+one shape that reaches the scheduler and the engine, alone or in a batch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from .audio import check_format
+
+# The program name Home Assistant may send as the transcribe event's model name.
+PROGRAM_NAME = "amanuensis"
+
+# Prompt built from transcript_names/terms: Whisper keeps the last ~223 prompt
+# tokens, so keep it short, with names (higher priority) nearest the speech.
+MAX_PROMPT_CHARS = 600
+
+
+class BadRequest(ValueError):
+    """A field with the wrong type or value; ``code`` is the Wyoming error code."""
+
+    def __init__(self, message: str, code: str = "bad-request"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to do with one utterance. ``None`` fields take the server's configured defaults."""
+
+    model: Optional[str] = None  # a loaded model's name; None = the default model
+    language: Optional[str] = None  # None = the configured language, else auto-detect
+    prompt: Optional[str] = None  # words to bias toward (names, terms)
+    beam_size: Optional[int] = None
+    word_timestamps: Optional[bool] = None
+    streaming: bool = False  # the client asked for transcript-chunk events
+    partial: bool = False  # a streaming preview: greedy, no alignment
+
+
+@dataclass
+class Job:
+    """A request with its audio: what the scheduler queues and the engine runs.
+
+    ``audio`` is 16 kHz mono float32 (from :mod:`audio`); ``audio_ms`` is what
+    converting it cost; ``submitted`` starts the request's queue time.
+    """
+
+    audio: np.ndarray
+    request: Request = field(default_factory=Request)
+    audio_ms: float = 0.0
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+# ---------------------------------------------------------------------------
+# Wyoming event fields
+
+def _str(data: Mapping[str, Any], key: str) -> Optional[str]:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"'{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _str_list(data: Mapping[str, Any], key: str) -> list[str]:
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"'{key}' must be a list of strings")
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"'{key}' must be an integer, got {value!r}")
+    return value
+
+
+def audio_format(data: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(rate, width, channels) of an audio-start or audio-chunk event; BadRequest or AudioFormatError."""
+    fmt = (_int(data, "rate"), _int(data, "width"), _int(data, "channels"))
+    check_format(*fmt)
+    return fmt
+
+
+def build_prompt(names: list[str], terms: list[str]) -> Optional[str]:
+    """Names and terms as a decoding prompt. Whisper attends most to the tokens
+    nearest the speech and keeps only the last ~223 prompt tokens, so terms come
+    first and names (higher priority) last; the oldest items go when too long."""
+    items: list[str] = []
+    for item in [*terms, *names]:
+        item = " ".join(item.split())
+        if item and item not in items:
+            items.append(item)
+        elif item in items:  # keep the later (higher-priority) position
+            items.remove(item)
+            items.append(item)
+    while items and len(", ".join(items)) > MAX_PROMPT_CHARS:
+        items.pop(0)
+    return ", ".join(items) or None
+
+
+def normalise_language(language: Optional[str], known: list[str]) -> Optional[str]:
+    """'en-US' -> 'en' when the model knows 'en' but not 'en-US'; empty -> None (detect)."""
+    if not language or not language.strip():
+        return None
+    language = language.strip()
+    if language in known:
+        return language
+    base = language.replace("_", "-").split("-")[0].lower()
+    return base if base in known else language
+
+
+def wants_streaming(data: Mapping[str, Any]) -> bool:
+    """Streaming is opt-in: ``"streaming": true`` in the event's data or in its ``context``."""
+    if data.get("streaming") is True:
+        return True
+    context = data.get("context")
+    return isinstance(context, dict) and context.get("streaming") is True
+
+
+def parse_transcribe(data: Mapping[str, Any], models: Mapping[str, list[str]], default_model: str, *,
+                     streaming_offered: bool) -> Request:
+    """A ``transcribe`` event's data -> Request, or BadRequest (code bad-request or unknown-model).
+
+    ``models``: each loaded model's languages. The program's own name (or no
+    name) means the default model.
+    """
+    model = _str(data, "name")
+    language = _str(data, "language")
+    names = _str_list(data, "transcript_names")
+    terms = _str_list(data, "transcript_terms")
+    if data.get("context") is not None and not isinstance(data.get("context"), dict):
+        raise BadRequest("'context' must be an object")
+    if model in (None, "", PROGRAM_NAME):
+        model = None
+    elif model not in models:
+        raise BadRequest(f"model {model!r} is not loaded (loaded: {', '.join(models)})", code="unknown-model")
+    return Request(
+        model=model,
+        language=normalise_language(language, models[model or default_model]),
+        prompt=build_prompt(names, terms),
+        streaming=wants_streaming(data) and streaming_offered,
+    )
