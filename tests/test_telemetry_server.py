@@ -18,9 +18,7 @@ from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 
 from benchmarks.corpus import CORPUS_DIR, normalize
-from tests.mqtt_broker import MosquittoBroker, Subscriber, requires_mosquitto, wait_until
-
-pytestmark = requires_mosquitto
+from tests.mqtt_broker import MosquittoBroker, Subscriber, wait_until
 
 MODEL_ARGS = ("--model", "tiny.en", "--encoder-backend", "cpu", "--threads", "1")
 EVENT_TIMEOUT = 120.0  # generous: two shared cores
