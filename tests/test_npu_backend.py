@@ -31,7 +31,7 @@ from wyoming_amanuensis.encoders.npu import MAX_CONSECUTIVE_FAILURES, NpuEncoder
 from wyoming_amanuensis.encoders.npu_device import NpuDevice, find_kernel_files, to_bf16_bits  # noqa: E402
 from wyoming_amanuensis.mel import log_mel  # noqa: E402
 from wyoming_amanuensis.model.loader import load_model  # noqa: E402
-from wyoming_amanuensis.model.whisper import Dims, Encoder  # noqa: E402
+from wyoming_amanuensis.model.modules import AudioEncoder, Dims  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 SMALL_TILE = dict(M=32, K=48, N=40)  # deliberately not dividing the small encoder's widths
@@ -66,11 +66,11 @@ def small_machine(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def small_encoder() -> Encoder:
+def small_encoder() -> AudioEncoder:
     """A 2-layer, 72-wide encoder with random weights: fast, and ragged against SMALL_TILE."""
     torch.manual_seed(0)
     dims = Dims(n_mels=80, width=72, enc_layers=2, dec_layers=1, enc_heads=2, dec_heads=2, n_vocab=10, n_text_ctx=8)
-    enc = Encoder(dims)
+    enc = AudioEncoder(dims)
     with torch.no_grad():
         enc.positions.normal_(0, 0.1)
     return enc.eval().requires_grad_(False)

@@ -19,7 +19,7 @@ import fake_pyxrt  # noqa: E402
 
 from wyoming_amanuensis.config import settings_from  # noqa: E402
 from wyoming_amanuensis.encoders import npu_device  # noqa: E402
-from wyoming_amanuensis.model import whisper  # noqa: E402
+from wyoming_amanuensis.model import modules  # noqa: E402
 from wyoming_amanuensis.pipeline import Engine  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -94,8 +94,8 @@ def test_the_decoder_consumes_the_npu_output(engines, cpu_texts, fake_npu, monke
 
     name = "living_room_light"
     with monkeypatch.context() as mp:
-        mp.setattr(whisper.Encoder, "forward", poisoned)
-        mp.setattr(whisper.EncoderBlock, "forward", poisoned)
+        mp.setattr(modules.AudioEncoder, "forward", poisoned)
+        mp.setattr(modules.EncoderBlock, "forward", poisoned)
         result = npu.transcribe_array(*read(name))
     assert result.text == cpu_texts[name] and result.encoder_backend == "npu"
     fake_npu.corrupt_output = True

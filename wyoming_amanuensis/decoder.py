@@ -20,7 +20,8 @@ import torch
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
 from .model.quantize import int8_linears
-from .model.whisper import N_CTX_AUDIO, Decoder, PooledTail
+from .model.modules import N_CTX_AUDIO, TextDecoder
+from .model.silence import PooledTail
 
 _LOG = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class WhisperDecoder:
         elif self.device.type != "cpu":
             module = module.to(self.device)
         self.int8 = int8
-        self.net: Decoder = module
+        self.net: TextDecoder = module
         self._check_silence(silence)
         with torch.inference_mode():
             self.silence_tails = [PooledTail(k.contiguous(), v.contiguous(), tail_chunk)

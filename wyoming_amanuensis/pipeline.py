@@ -30,7 +30,7 @@ from .decoder import CrossAttention, DecodeOptions, DecodeResult, WhisperDecoder
 from .encoders import EncoderBackend, EncoderOutput, select_backend
 from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
 from .model.loader import WhisperModel, load_model
-from .model.whisper import SilenceContext
+from .model.silence import SilenceContext
 from .result import Result, Timings
 
 _LOG = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
-from ..model.whisper import SilenceContext
+from ..model.silence import SilenceContext
 
 
 @dataclass

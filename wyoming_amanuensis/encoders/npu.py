@@ -3,7 +3,7 @@
 Per layer: LayerNorm -> QKV (NPU) -> attention core (CPU) -> output
 projection (NPU) -> residual -> LayerNorm -> MLP up (NPU) -> GELU -> MLP down
 (NPU) -> residual. The CPU parts call the very modules the CPU encoder uses
-(``Encoder.stem``, ``EncoderBlock.attn_ln/attention``, ``MLP.ln``, ``ln_post``),
+(``AudioEncoder.stem``, ``EncoderBlock.attn_ln/attention``, ``MLP.ln``, ``ln_post``),
 so the only difference from the torch backend is where the products run and
 that their operands are rounded to bfloat16 (float32 accumulation).
 
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Settings
-from ..model.whisper import N_CTX_AUDIO, Encoder, SilenceContext, _split_heads
+from ..model.modules import N_CTX_AUDIO, AudioEncoder, split_heads
+from ..model.silence import SilenceContext
 from . import BackendUnavailable
 from .base import EncoderOutput
 from .npu_device import PRECISIONS, NpuDevice, NpuLinear, NpuUnavailable, find_device_node, find_kernel_files, import_pyxrt
@@ -40,7 +41,7 @@ MAX_CONSECUTIVE_FAILURES = 3
 class NpuEncoderBackend:
     name = "npu"
 
-    def __init__(self, encoder: Encoder, npu: NpuDevice, layers: list[dict[str, NpuLinear]]):
+    def __init__(self, encoder: AudioEncoder, npu: NpuDevice, layers: list[dict[str, NpuLinear]]):
         self.encoder = encoder
         self.npu = npu
         self.layers = layers
@@ -53,7 +54,7 @@ class NpuEncoderBackend:
 
     # ---------------------------------------------------------------- set-up
     @classmethod
-    def open(cls, encoder: Encoder, settings: Settings, precision: Optional[str] = None) -> "NpuEncoderBackend":
+    def open(cls, encoder: AudioEncoder, settings: Settings, precision: Optional[str] = None) -> "NpuEncoderBackend":
         """``precision``: one of ``npu_device.PRECISIONS``; default ``settings.npu_precision``."""
         t0 = time.perf_counter()
         precision = precision or settings.npu_precision
@@ -104,7 +105,7 @@ class NpuEncoderBackend:
         return torch.from_numpy(y)[None]
 
     def _blocks_npu(self, x: torch.Tensor, context: Optional[SilenceContext], record: Optional[list] = None):
-        """The encoder layers with the four products on the NPU (``Encoder.forward`` minus the stem).
+        """The encoder layers with the four products on the NPU (``AudioEncoder.forward`` minus the stem).
 
         ``record``: collect each layer's keys/values (as ``EncoderBlock.keys_values``) for a SilenceContext.
         """
@@ -114,7 +115,7 @@ class NpuEncoderBackend:
             qkv = self._linear(block.attn_ln(x), lin["qkv"])
             if record is not None:
                 _, k, v = qkv.chunk(3, dim=-1)
-                record.append((_split_heads(k, block.n_heads), _split_heads(v, block.n_heads)))
+                record.append((split_heads(k, block.n_heads), split_heads(v, block.n_heads)))
             x = x + self._linear(block.attention(qkv, extra), lin["out"])
             h = F.gelu(self._linear(block.mlp.ln(x), lin["fc1"]))
             x = x + self._linear(h, lin["fc2"])

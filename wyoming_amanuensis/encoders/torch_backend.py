@@ -9,12 +9,13 @@ import torch
 from typing import Optional
 
 from ..model.quantize import int8_linears
-from ..model.whisper import Encoder, SilenceContext
+from ..model.modules import AudioEncoder
+from ..model.silence import SilenceContext
 from .base import EncoderOutput
 
 
 class TorchEncoderBackend:
-    def __init__(self, encoder: Encoder, device: str = "cpu", int8: bool = False):
+    def __init__(self, encoder: AudioEncoder, device: str = "cpu", int8: bool = False):
         self.name = "cuda" if device.startswith("cuda") else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cuda":

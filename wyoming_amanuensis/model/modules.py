@@ -1,6 +1,7 @@
-"""Whisper's encoder and decoder as torch modules, built from CTranslate2 tensors.
+"""Whisper's audio encoder and text decoder as torch modules, named after openai-whisper's.
 
-Shapes follow ../shared/docs/WHISPER_NOTES.md. The modules are written for
+Shapes follow ../shared/docs/WHISPER_NOTES.md; the weights come from a
+CTranslate2 file through ``ct2_whisper``. The modules are written for
 inference only: the decoder takes explicit key/value caches so that the
 cross-attention keys/values are computed once per request (and the silence
 tail's once per process), and the self-attention cache grows in place.
@@ -9,16 +10,15 @@ tail's once per process), and the self-attention cache grows in place.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ct2 import ModelFileError, dequantize
+if TYPE_CHECKING:
+    from .silence import SilenceContext
 
 N_CTX_AUDIO = 1500  # encoder positions in the 30 s window
 N_CTX_TEXT = 448
@@ -40,60 +40,6 @@ class Dims:
         return self.width // self.enc_heads
 
 
-def dims_from_variables(v: dict[str, np.ndarray], path: str = "model.bin") -> Dims:
-    try:
-        conv1 = v["encoder/conv1/weight"]
-        emb = v["decoder/embeddings/weight"]
-        dec_pos = v["decoder/position_encodings/encodings"]
-    except KeyError as err:
-        raise ModelFileError(f"{path}: missing tensor {err.args[0]}; not a complete Whisper model") from None
-
-    def layers(prefix: str) -> int:
-        idx = {int(m.group(1)) for k in v for m in [re.match(prefix + r"/layer_(\d+)/", k)] if m}
-        return max(idx) + 1 if idx else 0
-
-    def heads(name: str, width: int) -> int:
-        h = v.get(name)
-        return int(h) if h is not None else max(1, width // 64)
-
-    width = int(conv1.shape[0])
-    return Dims(
-        n_mels=int(conv1.shape[1]),
-        width=width,
-        enc_layers=layers("encoder"),
-        dec_layers=layers("decoder"),
-        enc_heads=heads("encoder/num_heads", width),
-        dec_heads=heads("decoder/num_heads", width),
-        n_vocab=int(emb.shape[0]),
-        n_text_ctx=int(dec_pos.shape[0]),
-    )
-
-
-class _Weights:
-    """Copies CT2 tensors into torch parameters, checking every shape."""
-
-    def __init__(self, variables: dict[str, np.ndarray], path: str):
-        self.v = variables
-        self.path = path
-
-    def get(self, name: str, shape: tuple) -> torch.Tensor:
-        if name not in self.v:
-            raise ModelFileError(f"{self.path}: missing tensor {name}")
-        arr = dequantize(self.v, name)
-        if tuple(arr.shape) != tuple(shape):
-            raise ModelFileError(f"{self.path}: tensor {name} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
-        return torch.from_numpy(np.ascontiguousarray(arr))
-
-    def linear(self, lin: nn.Linear, prefix: str) -> None:
-        lin.weight.data.copy_(self.get(prefix + "/weight", lin.weight.shape))
-        if lin.bias is not None:
-            lin.bias.data.copy_(self.get(prefix + "/bias", lin.bias.shape))
-
-    def norm(self, ln: nn.LayerNorm, prefix: str) -> None:
-        ln.weight.data.copy_(self.get(prefix + "/gamma", ln.weight.shape))
-        ln.bias.data.copy_(self.get(prefix + "/beta", ln.bias.shape))
-
-
 class MLP(nn.Module):
     def __init__(self, d: int):
         super().__init__()
@@ -105,69 +51,15 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(self.ln(x))))
 
 
-def _split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[B, T, d] -> [B, H, T, d/H]."""
     b, t, d = x.shape
     return x.view(b, t, n_heads, d // n_heads).transpose(1, 2)
 
 
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
     b, h, t, hd = x.shape
     return x.transpose(1, 2).reshape(b, t, h * hd)
-
-
-class PooledTail:
-    """Keys/values of the silence that pads a short command to 30 s, pooled.
-
-    The padding's keys barely change from one position to the next, so
-    attention over them is approximated by one mean key/value per chunk of
-    ``chunk`` positions carrying log(count) as an attention bias (a softmax
-    over n equal keys is one key weighted n times). Chunks sit at fixed
-    positions and are pooled once; ``from_position(p)`` keeps the positions
-    from p up to the next chunk boundary exact and pools the rest.
-    """
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, chunk: int):
-        n = k.shape[2]
-        c = max(1, int(chunk))
-        m = -(-n // c)
-        pad = m * c - n
-        counts = torch.full((m,), float(c), device=k.device)
-        counts[-1] = c - pad
-        self.k, self.v, self.chunk = k, v, c
-
-        def pool(x: torch.Tensor) -> torch.Tensor:
-            x = F.pad(x, (0, 0, 0, pad)).view(*x.shape[:2], m, c, x.shape[-1]).sum(3)
-            return (x / counts[:, None].to(x.dtype)).contiguous()
-
-        self.pooled_k, self.pooled_v = pool(k), pool(v)
-        self.log_counts = counts.log()
-
-    def from_position(self, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keys, values [B, H, m, hd] standing for positions p..end, and their bias [1, m]."""
-        j = -(-p // self.chunk)
-        exact = j * self.chunk - p
-        k = torch.cat((self.k[:, :, p:p + exact], self.pooled_k[:, :, j:]), dim=2)
-        v = torch.cat((self.v[:, :, p:p + exact], self.pooled_v[:, :, j:]), dim=2)
-        bias = torch.cat((torch.zeros(exact, device=k.device), self.log_counts[j:]))[None, :]
-        return k, v, bias
-
-
-class SilenceContext:
-    """Each encoder layer's keys/values over the all-silence 30 s window.
-
-    A short window encodes only the speech (plus a margin), so its positions
-    never attend to the ~28 s of padding that the full window would show
-    them; Whisper was trained with that padding present, and leaving it out
-    costs accuracy (on our corpus, WER 9.5 % instead of 5.9 %). With the
-    pooled padding keys appended, speech positions see what they would see
-    in the full window at a fraction of the cost.
-    """
-
-    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], chunk: int):
-        self.layers = [PooledTail(k, v, chunk) for k, v in kv]
-
-    def for_layer(self, layer: int, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.layers[layer].from_position(start)
 
 
 class EncoderBlock(nn.Module):
@@ -186,25 +78,25 @@ class EncoderBlock(nn.Module):
         from ``SilenceContext.for_layer``.
         """
         q, k, v = qkv.chunk(3, dim=-1)
-        q, k, v = (_split_heads(t, self.n_heads) for t in (q, k, v))
+        q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))
         if extra is None:
-            return _merge_heads(F.scaled_dot_product_attention(q, k, v))
+            return merge_heads(F.scaled_dot_product_attention(q, k, v))
         ek, ev, bias = extra
         keys = torch.cat((k, ek.to(k.dtype)), dim=2)
         values = torch.cat((v, ev.to(v.dtype)), dim=2)
         mask = torch.cat((torch.zeros(1, k.shape[2], device=q.device), bias.to(q.device)), dim=1).to(q.dtype)
-        return _merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+        return merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
 
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, k, v = self.qkv(self.attn_ln(x)).chunk(3, dim=-1)
-        return _split_heads(k, self.n_heads), _split_heads(v, self.n_heads)
+        return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
 
     def forward(self, x: torch.Tensor, extra: Optional[tuple] = None) -> torch.Tensor:
         x = x + self.out(self.attention(self.qkv(self.attn_ln(x)), extra))
         return x + self.mlp(x)
 
 
-class Encoder(nn.Module):
+class AudioEncoder(nn.Module):
     def __init__(self, dims: Dims):
         super().__init__()
         d = dims.width
@@ -234,6 +126,8 @@ class Encoder(nn.Module):
 
     def silence_context(self, silent_mel: torch.Tensor, chunk: int) -> SilenceContext:
         """Record each layer's keys/values over a full all-silence window ([1, n_mels, 3000])."""
+        from .silence import SilenceContext
+
         x = self.stem(silent_mel)
         if x.shape[1] != N_CTX_AUDIO:
             raise ValueError("the silence context needs the full 30 s window")
@@ -242,23 +136,6 @@ class Encoder(nn.Module):
             kv.append(block.keys_values(x))
             x = block(x)
         return SilenceContext(kv, chunk)
-
-    def load(self, w: _Weights) -> None:
-        d, m = self.dims.width, self.dims.n_mels
-        self.conv1.weight.data.copy_(w.get("encoder/conv1/weight", (d, m, 3)))
-        self.conv1.bias.data.copy_(w.get("encoder/conv1/bias", (d,)))
-        self.conv2.weight.data.copy_(w.get("encoder/conv2/weight", (d, d, 3)))
-        self.conv2.bias.data.copy_(w.get("encoder/conv2/bias", (d,)))
-        self.positions.copy_(w.get("encoder/position_encodings/encodings", (N_CTX_AUDIO, d)))
-        for i, b in enumerate(self.blocks):
-            p = f"encoder/layer_{i}"
-            w.norm(b.attn_ln, p + "/self_attention/layer_norm")
-            w.linear(b.qkv, p + "/self_attention/linear_0")
-            w.linear(b.out, p + "/self_attention/linear_1")
-            w.norm(b.mlp.ln, p + "/ffn/layer_norm")
-            w.linear(b.mlp.fc1, p + "/ffn/linear_0")
-            w.linear(b.mlp.fc2, p + "/ffn/linear_1")
-        w.norm(self.ln_post, "encoder/layer_norm")
 
 
 class SelfCache:
@@ -290,27 +167,27 @@ class DecoderBlock(nn.Module):
     def project_cross(self, enc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio keys/values for cross-attention, [B, H, P, hd] each."""
         k, v = self.cross_kv(enc).chunk(2, dim=-1)
-        return _split_heads(k, self.n_heads), _split_heads(v, self.n_heads)
+        return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
 
     def forward(self, x, cache_kv: torch.Tensor, start: int, cross: tuple,
                 want_weights: bool = False):
         # causal self-attention against the cache
         n = x.shape[1]
         q, k, v = self.self_qkv(self.self_ln(x)).chunk(3, dim=-1)
-        cache_kv[0, :, :, start:start + n] = _split_heads(k, self.n_heads)
-        cache_kv[1, :, :, start:start + n] = _split_heads(v, self.n_heads)
+        cache_kv[0, :, :, start:start + n] = split_heads(k, self.n_heads)
+        cache_kv[1, :, :, start:start + n] = split_heads(v, self.n_heads)
         keys = cache_kv[0, :, :, :start + n]
         values = cache_kv[1, :, :, :start + n]
-        q = _split_heads(q, self.n_heads)
+        q = split_heads(q, self.n_heads)
         if n == 1:
             a = F.scaled_dot_product_attention(q, keys, values)
         else:
             mask = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(diagonal=start)
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        x = x + self.self_out(_merge_heads(a))
+        x = x + self.self_out(merge_heads(a))
 
         # cross-attention over the audio
-        q = _split_heads(self.cross_q(self.cross_ln(x)), self.n_heads)
+        q = split_heads(self.cross_q(self.cross_ln(x)), self.n_heads)
         ck, cv, bias = cross
         weights = None
         if want_weights:
@@ -320,12 +197,12 @@ class DecoderBlock(nn.Module):
             a = weights @ cv
         else:
             a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=bias)
-        x = x + self.cross_out(_merge_heads(a))
+        x = x + self.cross_out(merge_heads(a))
         x = x + self.mlp(x)
         return x, weights
 
 
-class Decoder(nn.Module):
+class TextDecoder(nn.Module):
     def __init__(self, dims: Dims):
         super().__init__()
         d = dims.width
@@ -367,33 +244,3 @@ class Decoder(nn.Module):
                 weights[i] = w
         cache.length = start + n
         return x, weights
-
-    def load(self, w: _Weights) -> None:
-        d, dims = self.dims.width, self.dims
-        emb = w.get("decoder/embeddings/weight", (dims.n_vocab, d))
-        self.token_embedding.weight.data.copy_(emb)
-        self.proj.weight = self.token_embedding.weight  # tied, as in Whisper: one copy in memory
-        self.positions.copy_(w.get("decoder/position_encodings/encodings", (dims.n_text_ctx, d)))
-        for i, b in enumerate(self.blocks):
-            p = f"decoder/layer_{i}"
-            w.norm(b.self_ln, p + "/self_attention/layer_norm")
-            w.linear(b.self_qkv, p + "/self_attention/linear_0")
-            w.linear(b.self_out, p + "/self_attention/linear_1")
-            w.norm(b.cross_ln, p + "/attention/layer_norm")
-            w.linear(b.cross_q, p + "/attention/linear_0")
-            w.linear(b.cross_kv, p + "/attention/linear_1")
-            w.linear(b.cross_out, p + "/attention/linear_2")
-            w.norm(b.mlp.ln, p + "/ffn/layer_norm")
-            w.linear(b.mlp.fc1, p + "/ffn/linear_0")
-            w.linear(b.mlp.fc2, p + "/ffn/linear_1")
-        w.norm(self.ln, "decoder/layer_norm")
-
-
-def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin") -> tuple[Dims, Encoder, Decoder]:
-    dims = dims_from_variables(variables, path)
-    w = _Weights(variables, path)
-    with torch.no_grad():
-        enc, dec = Encoder(dims), Decoder(dims)
-        enc.load(w)
-        dec.load(w)
-    return dims, enc.eval().requires_grad_(False), dec.eval().requires_grad_(False)
