@@ -36,8 +36,9 @@ class TorchEncoderBackend:
 
     @torch.inference_mode()
     def silence(self, silent_mel: torch.Tensor, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
-        x = silent_mel.to(self.device, dtype=self.dtype)
-        return self.encoder(x).float(), self.encoder.silence_context(x, chunk)
+        kv: list = []
+        feats = self.encoder(silent_mel.to(self.device, dtype=self.dtype), record=kv)
+        return feats.float(), SilenceContext(kv, chunk)
 
     @torch.inference_mode()
     def encode(self, mel: torch.Tensor, context: Optional[SilenceContext] = None) -> EncoderOutput:

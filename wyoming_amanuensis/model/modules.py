@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,11 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * hd)
 
 
+# One layer's four matrix products by name ("qkv", "out", "fc1", "fc2"), each x -> x @ W^T + b.
+# An encoder block uses its own Linear layers unless another device computes them (the NPU backend).
+Products = Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
 class EncoderBlock(nn.Module):
     def __init__(self, d: int, n_heads: int):
         super().__init__()
@@ -71,14 +76,14 @@ class EncoderBlock(nn.Module):
         self.out = nn.Linear(d, d)
         self.mlp = MLP(d)
 
-    def attention(self, qkv: torch.Tensor, extra: Optional[tuple] = None) -> torch.Tensor:
-        """Self-attention core (no projections): the CPU part of an NPU layer too.
+    def linears(self) -> dict[str, nn.Module]:
+        """This block's four products as its own Linear layers (looked up per call: int8
+        quantisation replaces the modules)."""
+        return {"qkv": self.qkv, "out": self.out, "fc1": self.mlp.fc1, "fc2": self.mlp.fc2}
 
-        ``extra``: (keys, values, bias) appended after this window's own keys,
-        from ``SilenceContext.for_layer``.
-        """
-        q, k, v = qkv.chunk(3, dim=-1)
-        q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: Optional[tuple]) -> torch.Tensor:
+        """``extra``: (keys, values, bias) appended after this window's own keys, from
+        ``SilenceContext.for_layer``."""
         if extra is None:
             return merge_heads(F.scaled_dot_product_attention(q, k, v))
         ek, ev, bias = extra
@@ -87,13 +92,16 @@ class EncoderBlock(nn.Module):
         mask = torch.cat((torch.zeros(1, k.shape[2], device=q.device), bias.to(q.device)), dim=1).to(q.dtype)
         return merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
 
-    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _, k, v = self.qkv(self.attn_ln(x)).chunk(3, dim=-1)
-        return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
-
-    def forward(self, x: torch.Tensor, extra: Optional[tuple] = None) -> torch.Tensor:
-        x = x + self.out(self.attention(self.qkv(self.attn_ln(x)), extra))
-        return x + self.mlp(x)
+    def forward(self, x: torch.Tensor, extra: Optional[tuple] = None, products: Optional[Products] = None,
+                record: Optional[list] = None) -> torch.Tensor:
+        """``products``: computes the four products instead of ``linears()``.
+        ``record``: gets this layer's (keys, values) [B, H, T, hd] appended (for a SilenceContext)."""
+        f = products or self.linears()
+        q, k, v = (split_heads(t, self.n_heads) for t in f["qkv"](self.attn_ln(x)).chunk(3, dim=-1))
+        if record is not None:
+            record.append((k, v))
+        x = x + f["out"](self.attention(q, k, v, extra))
+        return x + f["fc2"](F.gelu(f["fc1"](self.mlp.ln(x))))
 
 
 class AudioEncoder(nn.Module):
@@ -116,26 +124,24 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"encoder input of {n} positions exceeds the 30 s window ({N_CTX_AUDIO})")
         return x + self.positions[:n]
 
-    def forward(self, mel: torch.Tensor, context: Optional[SilenceContext] = None) -> torch.Tensor:
-        x = self.stem(mel)
+    def forward(self, mel: torch.Tensor, context: Optional[SilenceContext] = None,
+                products: Optional[Sequence[Products]] = None, record: Optional[list] = None) -> torch.Tensor:
+        """[B, n_mels, T] log-mel -> [B, T/2, d] encoder states.
+
+        ``context``: for a short window (T/2 < 1500), every layer also attends to the pooled
+        silence keys. ``products``: per layer, the four products (see ``EncoderBlock.forward``).
+        ``record``: gets every layer's (keys, values), to build a ``SilenceContext`` from.
+        """
+        return self.run_layers(self.stem(mel), context, products, record)
+
+    def run_layers(self, x: torch.Tensor, context: Optional[SilenceContext] = None,
+                   products: Optional[Sequence[Products]] = None, record: Optional[list] = None) -> torch.Tensor:
+        """``forward`` after the stem: a backend that falls back reruns only this."""
         n = x.shape[1]
         for i, block in enumerate(self.blocks):
             extra = context.for_layer(i, n) if context is not None and n < N_CTX_AUDIO else None
-            x = block(x, extra)
+            x = block(x, extra, None if products is None else products[i], record)
         return self.ln_post(x)
-
-    def silence_context(self, silent_mel: torch.Tensor, chunk: int) -> SilenceContext:
-        """Record each layer's keys/values over a full all-silence window ([1, n_mels, 3000])."""
-        from .silence import SilenceContext
-
-        x = self.stem(silent_mel)
-        if x.shape[1] != N_CTX_AUDIO:
-            raise ValueError("the silence context needs the full 30 s window")
-        kv = []
-        for block in self.blocks:
-            kv.append(block.keys_values(x))
-            x = block(x)
-        return SilenceContext(kv, chunk)
 
 
 class SelfCache:
