@@ -32,7 +32,7 @@ from ..model.modules import AudioEncoder, Products
 from ..model.silence import SilenceContext
 from . import BackendUnavailable
 from .base import EncoderOutput
-from .npu_device import PRECISIONS, NpuDevice, NpuLinear, NpuUnavailable, find_device_node, find_kernel_files, import_pyxrt
+from .npu_device import NpuDevice, NpuLinear, NpuUnavailable, find_device_node, find_kernel_files, import_pyxrt
 
 _LOG = logging.getLogger(__name__)
 
@@ -58,11 +58,9 @@ class NpuEncoderBackend:
     # ---------------------------------------------------------------- set-up
     @classmethod
     def open(cls, encoder: AudioEncoder, settings: Settings, precision: Optional[str] = None) -> "NpuEncoderBackend":
-        """``precision``: one of ``npu_device.PRECISIONS``; default ``settings.npu_precision``."""
+        """``precision``: one of ``config.NPU_PRECISIONS``; default ``settings.npu_precision``."""
         t0 = time.perf_counter()
         precision = precision or settings.npu_precision
-        if precision not in PRECISIONS:
-            raise BackendUnavailable(f"npu precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         try:
             pyxrt = import_pyxrt()
             node = find_device_node(settings.npu_device_index)
@@ -148,7 +146,7 @@ class NpuEncoderBackend:
             _LOG.error("npu encoder disabled until restart: %s; encoding on the CPU from now on", self.disabled_reason)
 
     def stats(self) -> dict:
-        """Counters for telemetry."""
+        """Counters for telemetry (``EncoderBackend.stats``)."""
         return {
             "precision": self.npu.precision,
             "requests": self.requests,
@@ -156,6 +154,7 @@ class NpuEncoderBackend:
             "launches": self.npu.launches,
             "npu_busy_ms": round(self.npu.busy_ms, 3),
             "disabled": self.disabled_reason is not None,
+            "disabled_reason": self.disabled_reason,
             "last_error": self.last_error,
         }
 

@@ -46,5 +46,9 @@ class TorchEncoderBackend:
         feats = self.encoder(x, context).float()
         return EncoderOutput(features=feats, tail_cached=False, backend=self.name)
 
+    def stats(self) -> None:
+        """Nothing beyond the pipeline's own timings."""
+        return None
+
     def close(self) -> None:
         pass

@@ -35,10 +35,6 @@ class Dims:
     n_vocab: int
     n_text_ctx: int
 
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.enc_heads
-
 
 class MLP(nn.Module):
     def __init__(self, d: int):
