@@ -2,8 +2,8 @@
 
 ``Decoder`` drives the network (``model.modules.TextDecoder``, here ``net``);
 it is not a torch module. One per model lives for the whole process and is
-shared by all requests (it holds no per-request state). Per request it validates the
-encoder output, projects the cross-attention keys/values once (joined with the
+shared by all requests (it holds no per-request state). Per request it
+validates the encoder output, projects the cross-attention keys/values once (joined with the
 process-wide keys/values of the cached silence tail), then decodes greedily or
 with a beam, with a self-attention cache, language detection, token
 suppression and a token cap tied to the audio length.
@@ -20,8 +20,8 @@ import torch
 
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
-from .model.quantize import int8_linears
 from .model.modules import N_CTX_AUDIO, TextDecoder
+from .model.quantize import int8_linears
 from .model.silence import PooledTail
 
 _LOG = logging.getLogger(__name__)

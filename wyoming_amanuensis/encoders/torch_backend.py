@@ -8,8 +8,8 @@ import torch
 
 from typing import Optional
 
-from ..model.quantize import int8_linears
 from ..model.modules import AudioEncoder
+from ..model.quantize import int8_linears
 from ..model.silence import SilenceContext
 from .base import EncoderOutput
 

@@ -17,9 +17,9 @@ from typing import Optional
 import numpy as np
 
 from .ct2 import ModelFileError, read_model_bin
-from .tokenizer import WhisperTokenizer
 from .ct2_whisper import build_modules
 from .modules import AudioEncoder, Dims, TextDecoder
+from .tokenizer import WhisperTokenizer
 
 _LOG = logging.getLogger(__name__)
 
