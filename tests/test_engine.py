@@ -9,7 +9,7 @@ import torch
 from benchmarks.corpus import SHORT_COMMAND_S, clips, normalize, wer
 from wyoming_amanuensis.audio import pcm_to_16k, to_16k
 from wyoming_amanuensis.config import settings_from
-from wyoming_amanuensis.decoder import DecodeOptions, DecoderInputError, loop_start, max_tokens_for
+from wyoming_amanuensis.decoding import DecodeOptions, DecoderInputError, loop_start, max_tokens_for
 from wyoming_amanuensis.encoders.base import EncoderOutput
 from wyoming_amanuensis.pipeline import Engine, TranscriptionError
 from wyoming_amanuensis.request import Job, Request

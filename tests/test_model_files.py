@@ -75,7 +75,7 @@ def test_corrupt_header_and_trailing_bytes(tiny_dir, tmp_path):
 
 
 def test_shape_mismatch_names_the_tensor(tiny_dir, tmp_path):
-    from wyoming_amanuensis.model.whisper import build_modules
+    from wyoming_amanuensis.model.ct2_whisper import build_modules
 
     v = read_model_bin(tiny_dir / "model.bin")
     v["decoder/layer_1/ffn/linear_0/weight"] = v["decoder/layer_1/ffn/linear_0/weight"][:10]

@@ -26,12 +26,13 @@ import fake_pyxrt  # noqa: E402
 
 from wyoming_amanuensis.audio import to_16k  # noqa: E402
 from wyoming_amanuensis.config import settings_from  # noqa: E402
-from wyoming_amanuensis.encoders import BackendUnavailable, TorchEncoderBackend, npu_device, select_backend  # noqa: E402
+from wyoming_amanuensis.encoders import (BackendUnavailable, EncoderBackend, TorchEncoderBackend, npu_device,  # noqa: E402
+                                         select_backend)
 from wyoming_amanuensis.encoders.npu import MAX_CONSECUTIVE_FAILURES, NpuEncoderBackend  # noqa: E402
 from wyoming_amanuensis.encoders.npu_device import NpuDevice, find_kernel_files, to_bf16_bits  # noqa: E402
 from wyoming_amanuensis.mel import log_mel  # noqa: E402
 from wyoming_amanuensis.model.loader import load_model  # noqa: E402
-from wyoming_amanuensis.model.whisper import Dims, Encoder  # noqa: E402
+from wyoming_amanuensis.model.modules import AudioEncoder, Dims  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 SMALL_TILE = dict(M=32, K=48, N=40)  # deliberately not dividing the small encoder's widths
@@ -66,11 +67,11 @@ def small_machine(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def small_encoder() -> Encoder:
+def small_encoder() -> AudioEncoder:
     """A 2-layer, 72-wide encoder with random weights: fast, and ragged against SMALL_TILE."""
     torch.manual_seed(0)
     dims = Dims(n_mels=80, width=72, enc_layers=2, dec_layers=1, enc_heads=2, dec_heads=2, n_vocab=10, n_text_ctx=8)
-    enc = Encoder(dims)
+    enc = AudioEncoder(dims)
     with torch.no_grad():
         enc.positions.normal_(0, 0.1)
     return enc.eval().requires_grad_(False)
@@ -174,6 +175,8 @@ def test_split_precision_is_float32_class(small_machine):
         assert dev.launches == launches * 2 * 6 * 3
     assert errors["bf16"] < 2e-2 and errors["bf16x3"] < 2e-5
     assert errors["bf16x3"] < errors["bf16x2"] < errors["bf16"]
+    with pytest.raises(ValueError, match="npu precision must be one of bf16, bf16x2, bf16x3"):
+        NpuDevice(xrt, files, max_n=216, precision="fp8")
 
 
 # --------------------------------------------------------------------------- numerics against the CPU encoder
@@ -323,6 +326,21 @@ def test_npu_given_up_after_consecutive_failures(small_machine, small_encoder, c
     out = backend.encode(mel)  # no more launches: straight to the CPU, still counted
     assert out.fallback and small_machine.hw.launches == launches
     assert backend.fallback_count == MAX_CONSECUTIVE_FAILURES + 1 and backend.stats()["disabled"]
+    assert "failed requests in a row" in backend.stats()["disabled_reason"]
+
+
+def test_stats_for_telemetry(small_machine, small_encoder):
+    """Every backend answers stats(): the NPU its counters, torch backends None."""
+    backend = NpuEncoderBackend.open(small_encoder, settings(small_machine, npu_precision="bf16x2"))
+    assert isinstance(backend, EncoderBackend)
+    backend.encode(torch.randn(1, 80, 40))
+    stats = backend.stats()
+    assert stats == {"precision": "bf16x2", "requests": 1, "fallbacks": 0, "launches": stats["launches"],
+                     "npu_busy_ms": stats["npu_busy_ms"], "disabled": False, "disabled_reason": None,
+                     "last_error": None}
+    assert stats["launches"] > 0 and stats["npu_busy_ms"] > 0
+    cpu = TorchEncoderBackend(small_encoder, "cpu")
+    assert isinstance(cpu, EncoderBackend) and cpu.stats() is None
 
 
 def test_bad_input_is_an_error_not_a_fallback(small_machine, small_encoder):

@@ -19,7 +19,7 @@ import fake_pyxrt  # noqa: E402
 
 from wyoming_amanuensis.config import settings_from  # noqa: E402
 from wyoming_amanuensis.encoders import npu_device  # noqa: E402
-from wyoming_amanuensis.model import whisper  # noqa: E402
+from wyoming_amanuensis.model import modules  # noqa: E402
 from wyoming_amanuensis.pipeline import Engine  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -85,8 +85,8 @@ def test_transcripts_match_the_cpu_backend(engines, cpu_texts, fake_npu):
 
 
 def test_the_decoder_consumes_the_npu_output(engines, cpu_texts, fake_npu, monkeypatch):
-    """No hidden CPU re-encode: with the CPU encoder's forward paths poisoned, NPU requests still work,
-    and a kernel that computes wrong values changes the transcript."""
+    """No hidden CPU re-encode: with the CPU encoder's forward and every CPU matrix product of its layers
+    poisoned, NPU requests still work, and a kernel that computes wrong values changes the transcript."""
     _, npu = engines
 
     def poisoned(*_a, **_k):
@@ -94,8 +94,11 @@ def test_the_decoder_consumes_the_npu_output(engines, cpu_texts, fake_npu, monke
 
     name = "living_room_light"
     with monkeypatch.context() as mp:
-        mp.setattr(whisper.Encoder, "forward", poisoned)
-        mp.setattr(whisper.EncoderBlock, "forward", poisoned)
+        mp.setattr(modules.AudioEncoder, "forward", poisoned)
+        mp.setattr(modules.EncoderBlock, "linears", poisoned)
+        for block in npu.models[npu.default_model].model.encoder.blocks:
+            for lin in (block.qkv, block.out, block.mlp.fc1, block.mlp.fc2):
+                mp.setattr(lin, "forward", poisoned)
         result = npu.transcribe(*read(name))
     assert result.text == cpu_texts[name] and result.encoder_backend == "npu"
     fake_npu.corrupt_output = True

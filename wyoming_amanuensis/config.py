@@ -24,7 +24,10 @@ ENV_PREFIX = "WYO_AMANUENSIS_"
 
 ENCODER_BACKENDS = ("auto", "npu", "cuda", "cpu")
 NPU_INSTR_UNITS = ("words", "bytes")
-NPU_PRECISIONS = ("bf16", "bf16x2", "bf16x3")
+# The one table of NPU precisions: name -> (split activations, split weights) into bfloat16
+# hi + lo parts (what each costs and buys: encoders/npu_device.py). Validated here, where a
+# value enters; the NPU host code runs by it.
+NPU_PRECISIONS = {"bf16": (False, False), "bf16x2": (True, False), "bf16x3": (True, True)}
 
 
 class ConfigError(ValueError):

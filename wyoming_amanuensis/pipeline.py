@@ -26,11 +26,11 @@ import torch
 from . import align
 from .audio import SAMPLE_RATE, AudioFormatError, to_16k
 from .config import Settings
-from .decoder import CrossAttention, DecodeOptions, DecodeResult, WhisperDecoder, max_tokens_for
+from .decoding import CrossAttention, DecodeOptions, DecodeResult, Decoder, max_tokens_for
 from .encoders import EncoderBackend, EncoderOutput, select_backend
 from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
 from .model.loader import WhisperModel, load_model
-from .model.whisper import SilenceContext
+from .model.silence import SilenceContext
 from .request import Job, Request
 from .result import Result, Timings
 
@@ -52,7 +52,7 @@ class TranscriptionError(Exception):
 class LoadedModel:
     model: WhisperModel
     backend: EncoderBackend
-    decoder: WhisperDecoder
+    decoder: Decoder
     context: Optional[SilenceContext]  # pooled silence keys the short window's encoder attends to
 
 
@@ -103,9 +103,9 @@ class Engine:
         backend = select_backend(model.encoder, settings)
         silent_mel = log_mel(np.zeros(0, dtype=np.float32), model.dims.n_mels, n_frames=N_FRAMES_30S)
         silence, context = backend.silence(silent_mel[None], settings.silence_chunk or 1)
-        decoder = WhisperDecoder(model, silence.to(backend.decoder_device), device=backend.decoder_device,
-                                 int8=settings.int8_decoder and backend.decoder_device.type == "cpu",
-                                 tail_chunk=settings.decoder_tail_chunk)
+        decoder = Decoder(model, silence.to(backend.decoder_device), device=backend.decoder_device,
+                          int8=settings.int8_decoder and backend.decoder_device.type == "cpu",
+                          tail_chunk=settings.decoder_tail_chunk)
         return LoadedModel(model=model, backend=backend, decoder=decoder,
                            context=context if settings.silence_chunk else None)
 

@@ -11,7 +11,7 @@ import logging
 import torch
 
 from ..config import Settings
-from ..model.whisper import Encoder
+from ..model.modules import AudioEncoder
 from .base import EncoderBackend, EncoderOutput
 from .torch_backend import TorchEncoderBackend
 
@@ -24,7 +24,7 @@ class BackendUnavailable(RuntimeError):
     """A backend that cannot run here; the message says why."""
 
 
-def _try_npu(encoder: Encoder, settings: Settings) -> EncoderBackend:
+def _try_npu(encoder: AudioEncoder, settings: Settings) -> EncoderBackend:
     try:
         from .npu import NpuEncoderBackend  # noqa: WPS433 (optional, heavy)
     except ImportError as err:
@@ -32,13 +32,13 @@ def _try_npu(encoder: Encoder, settings: Settings) -> EncoderBackend:
     return NpuEncoderBackend.open(encoder, settings)
 
 
-def _try_cuda(encoder: Encoder) -> EncoderBackend:
+def _try_cuda(encoder: AudioEncoder) -> EncoderBackend:
     if not torch.cuda.is_available():
         raise BackendUnavailable("no CUDA device visible to torch")
     return TorchEncoderBackend(encoder, "cuda")
 
 
-def select_backend(encoder: Encoder, settings: Settings) -> EncoderBackend:
+def select_backend(encoder: AudioEncoder, settings: Settings) -> EncoderBackend:
     choice = settings.encoder_backend
     if choice == "cpu":
         return TorchEncoderBackend(encoder, "cpu", int8=settings.int8_encoder)

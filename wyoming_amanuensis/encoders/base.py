@@ -7,7 +7,7 @@ from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
-from ..model.whisper import SilenceContext
+from ..model.silence import SilenceContext
 
 
 @dataclass
@@ -25,10 +25,6 @@ class EncoderOutput:
     backend: str
     npu_ms: float = 0.0
     fallback: bool = False
-
-    @property
-    def positions(self) -> int:
-        return int(self.features.shape[1])
 
 
 @runtime_checkable
@@ -48,6 +44,12 @@ class EncoderBackend(Protocol):
 
         With ``context`` and T < 3000, every layer also attends to the pooled silence keys.
         """
+
+    def stats(self) -> Optional[dict]:
+        """Counters of a backend that has its own (telemetry publishes them), else None.
+
+        The NPU's: precision, requests, fallbacks, launches, npu_busy_ms, disabled (bool),
+        disabled_reason and last_error (str or None)."""
 
     def close(self) -> None:
         ...

@@ -2,10 +2,11 @@
 
 Per layer: LayerNorm -> QKV (NPU) -> attention core (CPU) -> output
 projection (NPU) -> residual -> LayerNorm -> MLP up (NPU) -> GELU -> MLP down
-(NPU) -> residual. The CPU parts call the very modules the CPU encoder uses
-(``Encoder.stem``, ``EncoderBlock.attn_ln/attention``, ``MLP.ln``, ``ln_post``),
-so the only difference from the torch backend is where the products run and
-that their operands are rounded to bfloat16 (float32 accumulation).
+(NPU) -> residual. The layers are the CPU encoder's own code
+(``AudioEncoder.run_layers`` with ``products``: the four products of each
+layer are handed in as NPU calls), so the only difference from the torch
+backend is where the products run and that their operands are rounded to
+bfloat16 (float32 accumulation).
 
 ``open`` raises ``BackendUnavailable`` with the reason when this machine
 cannot run it (no pyxrt, no device node, no kernel files, a failed
@@ -21,16 +22,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..config import Settings
-from ..model.whisper import N_CTX_AUDIO, Encoder, SilenceContext, _split_heads
+from ..model.modules import AudioEncoder, Products
+from ..model.silence import SilenceContext
 from . import BackendUnavailable
 from .base import EncoderOutput
-from .npu_device import PRECISIONS, NpuDevice, NpuLinear, NpuUnavailable, find_device_node, find_kernel_files, import_pyxrt
+from .npu_device import NpuDevice, NpuLinear, NpuUnavailable, find_device_node, find_kernel_files, import_pyxrt
 
 _LOG = logging.getLogger(__name__)
 
@@ -40,10 +42,12 @@ MAX_CONSECUTIVE_FAILURES = 3
 class NpuEncoderBackend:
     name = "npu"
 
-    def __init__(self, encoder: Encoder, npu: NpuDevice, layers: list[dict[str, NpuLinear]]):
+    def __init__(self, encoder: AudioEncoder, npu: NpuDevice, layers: list[dict[str, NpuLinear]]):
         self.encoder = encoder
         self.npu = npu
         self.layers = layers
+        self.products: list[Products] = [{name: partial(self._linear, lin=lin) for name, lin in layer.items()}
+                                         for layer in layers]
         self.fallback_count = 0
         self.requests = 0
         self.consecutive_failures = 0
@@ -53,12 +57,10 @@ class NpuEncoderBackend:
 
     # ---------------------------------------------------------------- set-up
     @classmethod
-    def open(cls, encoder: Encoder, settings: Settings, precision: Optional[str] = None) -> "NpuEncoderBackend":
-        """``precision``: one of ``npu_device.PRECISIONS``; default ``settings.npu_precision``."""
+    def open(cls, encoder: AudioEncoder, settings: Settings, precision: Optional[str] = None) -> "NpuEncoderBackend":
+        """``precision``: one of ``config.NPU_PRECISIONS``; default ``settings.npu_precision``."""
         t0 = time.perf_counter()
         precision = precision or settings.npu_precision
-        if precision not in PRECISIONS:
-            raise BackendUnavailable(f"npu precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         try:
             pyxrt = import_pyxrt()
             node = find_device_node(settings.npu_device_index)
@@ -87,12 +89,8 @@ class NpuEncoderBackend:
 
     @staticmethod
     def _upload_block(npu: NpuDevice, i: int, block) -> dict[str, NpuLinear]:
-        return {
-            "qkv": npu.upload_linear(f"layer {i} qkv", block.qkv.weight, block.qkv.bias),
-            "out": npu.upload_linear(f"layer {i} out", block.out.weight, block.out.bias),
-            "fc1": npu.upload_linear(f"layer {i} fc1", block.mlp.fc1.weight, block.mlp.fc1.bias),
-            "fc2": npu.upload_linear(f"layer {i} fc2", block.mlp.fc2.weight, block.mlp.fc2.bias),
-        }
+        return {name: npu.upload_linear(f"layer {i} {name}", lin.weight, lin.bias)
+                for name, lin in block.linears().items()}
 
     @property
     def decoder_device(self) -> torch.device:
@@ -103,43 +101,19 @@ class NpuEncoderBackend:
         y, _ = self.npu.matmul(x[0], lin)
         return torch.from_numpy(y)[None]
 
-    def _blocks_npu(self, x: torch.Tensor, context: Optional[SilenceContext], record: Optional[list] = None):
-        """The encoder layers with the four products on the NPU (``Encoder.forward`` minus the stem).
-
-        ``record``: collect each layer's keys/values (as ``EncoderBlock.keys_values``) for a SilenceContext.
-        """
-        n = x.shape[1]
-        for i, (block, lin) in enumerate(zip(self.encoder.blocks, self.layers)):
-            extra = context.for_layer(i, n) if context is not None and n < N_CTX_AUDIO else None
-            qkv = self._linear(block.attn_ln(x), lin["qkv"])
-            if record is not None:
-                _, k, v = qkv.chunk(3, dim=-1)
-                record.append((_split_heads(k, block.n_heads), _split_heads(v, block.n_heads)))
-            x = x + self._linear(block.attention(qkv, extra), lin["out"])
-            h = F.gelu(self._linear(block.mlp.ln(x), lin["fc1"]))
-            x = x + self._linear(h, lin["fc2"])
-        return self.encoder.ln_post(x)
-
-    def _blocks_cpu(self, x: torch.Tensor, context: Optional[SilenceContext]) -> torch.Tensor:
-        n = x.shape[1]
-        for i, block in enumerate(self.encoder.blocks):
-            x = block(x, context.for_layer(i, n) if context is not None and n < N_CTX_AUDIO else None)
-        return self.encoder.ln_post(x)
-
     @torch.inference_mode()
     def silence(self, silent_mel: torch.Tensor, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
         """The all-silence window's encoding and layer keys/values, computed the way requests are (NPU)."""
         with self._lock:
             x = self.encoder.stem(silent_mel.to("cpu", dtype=torch.float32))
-            if x.shape[1] != N_CTX_AUDIO:
-                raise ValueError("the silence context needs the full 30 s window")
             kv: list = []
             try:
-                feats = self._blocks_npu(x, None, kv)
+                feats = self.encoder.run_layers(x, products=self.products, record=kv)
             except Exception as err:  # noqa: BLE001
                 self._note_failure(err)
                 self.fallback_count += 1
-                return self.encoder(silent_mel.float()).float(), self.encoder.silence_context(silent_mel.float(), chunk)
+                kv = []
+                feats = self.encoder.run_layers(x, record=kv)
             return feats, SilenceContext(kv, chunk)
 
     @torch.inference_mode()
@@ -151,14 +125,14 @@ class NpuEncoderBackend:
             busy0 = self.npu.busy_ms
             if self.disabled_reason is None:
                 try:
-                    feats = self._blocks_npu(x, context)
+                    feats = self.encoder.run_layers(x, context, self.products)
                     self.consecutive_failures = 0
                     return EncoderOutput(features=feats, tail_cached=False, backend="npu",
                                          npu_ms=self.npu.busy_ms - busy0)
                 except Exception as err:  # noqa: BLE001 - never fail a transcript for the NPU
                     self._note_failure(err)
             self.fallback_count += 1
-            feats = self._blocks_cpu(x, context)
+            feats = self.encoder.run_layers(x, context)
             return EncoderOutput(features=feats, tail_cached=False, backend="cpu",
                                  npu_ms=self.npu.busy_ms - busy0, fallback=True)
 
@@ -172,7 +146,7 @@ class NpuEncoderBackend:
             _LOG.error("npu encoder disabled until restart: %s; encoding on the CPU from now on", self.disabled_reason)
 
     def stats(self) -> dict:
-        """Counters for telemetry."""
+        """Counters for telemetry (``EncoderBackend.stats``)."""
         return {
             "precision": self.npu.precision,
             "requests": self.requests,
@@ -180,10 +154,11 @@ class NpuEncoderBackend:
             "launches": self.npu.launches,
             "npu_busy_ms": round(self.npu.busy_ms, 3),
             "disabled": self.disabled_reason is not None,
+            "disabled_reason": self.disabled_reason,
             "last_error": self.last_error,
         }
 
     def close(self) -> None:
         with self._lock:
-            self.layers = []
+            self.layers, self.products = [], []
             self.npu.close()

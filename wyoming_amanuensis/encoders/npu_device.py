@@ -23,7 +23,7 @@ through ``bo.map()``.
 Precision: a bf16 x bf16 product with float32 accumulation is what the
 AIE-ML MAC units do natively; rounding activations and weights to bfloat16
 (8-bit mantissa) leaves encoder errors of up to ~2 (cosine 0.99995) on base's
-30 s output. ``PRECISIONS`` therefore offers split operands, x = hi + lo with
+30 s output. ``PRECISIONS`` (``config.NPU_PRECISIONS``) therefore offers split operands, x = hi + lo with
 both halves in bfloat16: ``bf16x2`` splits the activations (2 launches per
 tile), ``bf16x3`` splits activations and weights (hi*hi + lo*hi + hi*lo,
 3 launches, ~16-bit mantissas: float32-class results, max error ~0.002).
@@ -53,6 +53,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..config import NPU_PRECISIONS, Settings
+
 _LOG = logging.getLogger(__name__)
 
 KERNEL_NAME = "MLIR_AIE"
@@ -68,8 +70,8 @@ DEFAULT_KERNEL_DIRS = (Path(__file__).resolve().parents[2] / "npu" / "build", Pa
 # A run that has not completed by then is treated as failed (pyxrt's wait(0) would block forever).
 LAUNCH_TIMEOUT_MS = 10_000
 # Host-side operand splitting: name -> (split activations, split weights). See the module docstring.
-PRECISIONS = {"bf16": (False, False), "bf16x2": (True, False), "bf16x3": (True, True)}
-DEFAULT_PRECISION = "bf16x3"
+PRECISIONS = NPU_PRECISIONS
+DEFAULT_PRECISION = Settings.npu_precision
 
 
 class NpuUnavailable(RuntimeError):
@@ -226,14 +228,15 @@ class NpuDevice:
 
     def __init__(self, pyxrt, files: KernelFiles, device_index: int = 0, instr_units: str = "words",
                  max_n: int = 0, precision: str = DEFAULT_PRECISION):
-        if precision not in PRECISIONS:
-            raise ValueError(f"npu precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        try:  # the one check for direct callers; Settings validated the configured value already
+            self.split_act, self.split_w = PRECISIONS[precision]
+        except KeyError:
+            raise ValueError(f"npu precision must be one of {', '.join(PRECISIONS)}, got {precision!r}") from None
         self.xrt = pyxrt
         self.files = files
         self.spec = files.spec
         self.instr_units = instr_units
         self.precision = precision
-        self.split_act, self.split_w = PRECISIONS[precision]
         self.launches = 0
         self.busy_ms = 0.0
         self.bo_count = 0

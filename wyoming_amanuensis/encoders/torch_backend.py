@@ -8,13 +8,14 @@ import torch
 
 from typing import Optional
 
+from ..model.modules import AudioEncoder
 from ..model.quantize import int8_linears
-from ..model.whisper import Encoder, SilenceContext
+from ..model.silence import SilenceContext
 from .base import EncoderOutput
 
 
 class TorchEncoderBackend:
-    def __init__(self, encoder: Encoder, device: str = "cpu", int8: bool = False):
+    def __init__(self, encoder: AudioEncoder, device: str = "cpu", int8: bool = False):
         self.name = "cuda" if device.startswith("cuda") else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cuda":
@@ -35,14 +36,19 @@ class TorchEncoderBackend:
 
     @torch.inference_mode()
     def silence(self, silent_mel: torch.Tensor, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
-        x = silent_mel.to(self.device, dtype=self.dtype)
-        return self.encoder(x).float(), self.encoder.silence_context(x, chunk)
+        kv: list = []
+        feats = self.encoder(silent_mel.to(self.device, dtype=self.dtype), record=kv)
+        return feats.float(), SilenceContext(kv, chunk)
 
     @torch.inference_mode()
     def encode(self, mel: torch.Tensor, context: Optional[SilenceContext] = None) -> EncoderOutput:
         x = mel.to(self.device, dtype=self.dtype, non_blocking=True)
         feats = self.encoder(x, context).float()
         return EncoderOutput(features=feats, tail_cached=False, backend=self.name)
+
+    def stats(self) -> None:
+        """Nothing beyond the pipeline's own timings."""
+        return None
 
     def close(self) -> None:
         pass

@@ -17,8 +17,9 @@ from typing import Optional
 import numpy as np
 
 from .ct2 import ModelFileError, read_model_bin
+from .ct2_whisper import build_modules
+from .modules import AudioEncoder, Dims, TextDecoder
 from .tokenizer import WhisperTokenizer
-from .whisper import Decoder, Dims, Encoder, build_modules
 
 _LOG = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ class WhisperModel:
     name: str
     path: str
     dims: Dims
-    encoder: Encoder
-    decoder: Decoder
+    encoder: AudioEncoder
+    decoder: TextDecoder
     tokenizer: WhisperTokenizer
     alignment_heads: list[tuple[int, int]]
     suppress_ids: list[int]

@@ -1,8 +1,9 @@
-"""Decoder stage: tokens from encoder states.
+"""Decoder stage: the search that turns encoder states into tokens.
 
-One ``WhisperDecoder`` per model lives for the whole process and is shared by
-all requests (it holds no per-request state). Per request it validates the
-encoder output, projects the cross-attention keys/values once (joined with the
+``Decoder`` drives the network (``model.modules.TextDecoder``, here ``net``);
+it is not a torch module. One per model lives for the whole process and is
+shared by all requests (it holds no per-request state). Per request it
+validates the encoder output, projects the cross-attention keys/values once (joined with the
 process-wide keys/values of the cached silence tail), then decodes greedily or
 with a beam, with a self-attention cache, language detection, token
 suppression and a token cap tied to the audio length.
@@ -19,8 +20,9 @@ import torch
 
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
+from .model.modules import N_CTX_AUDIO, TextDecoder
 from .model.quantize import int8_linears
-from .model.whisper import N_CTX_AUDIO, Decoder, PooledTail
+from .model.silence import PooledTail
 
 _LOG = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class DecodeResult:
         return self.no_speech_prob > NO_SPEECH_THRESHOLD and (self.avg_logprob < LOGPROB_THRESHOLD or self.looped)
 
 
-class WhisperDecoder:
+class Decoder:
     def __init__(self, model: WhisperModel, silence: torch.Tensor, *, device: torch.device | str = "cpu",
                  int8: bool = False, tail_chunk: int = 1):
         """``silence``: encoder output of an all-silence 30 s window, [1, 1500, d].
@@ -117,7 +119,7 @@ class WhisperDecoder:
         elif self.device.type != "cpu":
             module = module.to(self.device)
         self.int8 = int8
-        self.net: Decoder = module
+        self.net: TextDecoder = module
         self._check_silence(silence)
         with torch.inference_mode():
             self.silence_tails = [PooledTail(k.contiguous(), v.contiguous(), tail_chunk)

@@ -1,0 +1,136 @@
+"""CTranslate2's WhisperSpec names -> the torch modules' parameters.
+
+``ct2.py`` reads the file format; this module knows what the variables mean:
+which ``encoder/layer_N/self_attention/linear_0`` goes into which Linear,
+and what the model's dimensions are (WHISPER_NOTES.md, "Tensor mapping").
+Every tensor's shape is checked on the way in, so a file from another
+architecture fails naming the tensor instead of loading garbage.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from torch import nn
+
+from .ct2 import ModelFileError, dequantize
+from .modules import N_CTX_AUDIO, AudioEncoder, Dims, TextDecoder
+
+
+def dims_from_variables(v: dict[str, np.ndarray], path: str = "model.bin") -> Dims:
+    try:
+        conv1 = v["encoder/conv1/weight"]
+        emb = v["decoder/embeddings/weight"]
+        dec_pos = v["decoder/position_encodings/encodings"]
+    except KeyError as err:
+        raise ModelFileError(f"{path}: missing tensor {err.args[0]}; not a complete Whisper model") from None
+
+    def layers(prefix: str) -> int:
+        idx = {int(m.group(1)) for k in v for m in [re.match(prefix + r"/layer_(\d+)/", k)] if m}
+        return max(idx) + 1 if idx else 0
+
+    def heads(name: str, width: int) -> int:
+        h = v.get(name)
+        return int(h) if h is not None else max(1, width // 64)
+
+    width = int(conv1.shape[0])
+    return Dims(
+        n_mels=int(conv1.shape[1]),
+        width=width,
+        enc_layers=layers("encoder"),
+        dec_layers=layers("decoder"),
+        enc_heads=heads("encoder/num_heads", width),
+        dec_heads=heads("decoder/num_heads", width),
+        n_vocab=int(emb.shape[0]),
+        n_text_ctx=int(dec_pos.shape[0]),
+    )
+
+
+class _Weights:
+    """Copies CT2 tensors into torch parameters, checking every shape."""
+
+    def __init__(self, variables: dict[str, np.ndarray], path: str):
+        self.v = variables
+        self.path = path
+
+    def get(self, name: str, shape: tuple) -> torch.Tensor:
+        if name not in self.v:
+            raise ModelFileError(f"{self.path}: missing tensor {name}")
+        arr = dequantize(self.v, name)
+        if tuple(arr.shape) != tuple(shape):
+            raise ModelFileError(f"{self.path}: tensor {name} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def linear(self, lin: nn.Linear, prefix: str) -> None:
+        lin.weight.data.copy_(self.get(prefix + "/weight", lin.weight.shape))
+        if lin.bias is not None:
+            lin.bias.data.copy_(self.get(prefix + "/bias", lin.bias.shape))
+
+    def norm(self, ln: nn.LayerNorm, prefix: str) -> None:
+        ln.weight.data.copy_(self.get(prefix + "/gamma", ln.weight.shape))
+        ln.bias.data.copy_(self.get(prefix + "/beta", ln.bias.shape))
+
+
+# Per layer: module path in the block -> CT2 name under ``<encoder|decoder>/layer_<i>/``.
+ENCODER_LAYER = (
+    ("attn_ln", "self_attention/layer_norm"),
+    ("qkv", "self_attention/linear_0"),  # fused Q, K, V
+    ("out", "self_attention/linear_1"),
+    ("mlp.ln", "ffn/layer_norm"),
+    ("mlp.fc1", "ffn/linear_0"),
+    ("mlp.fc2", "ffn/linear_1"),
+)
+DECODER_LAYER = (
+    ("self_ln", "self_attention/layer_norm"),
+    ("self_qkv", "self_attention/linear_0"),  # fused Q, K, V
+    ("self_out", "self_attention/linear_1"),
+    ("cross_ln", "attention/layer_norm"),
+    ("cross_q", "attention/linear_0"),
+    ("cross_kv", "attention/linear_1"),  # K, V stacked
+    ("cross_out", "attention/linear_2"),
+    ("mlp.ln", "ffn/layer_norm"),
+    ("mlp.fc1", "ffn/linear_0"),
+    ("mlp.fc2", "ffn/linear_1"),
+)
+
+
+def _load_layers(blocks: nn.ModuleList, prefix: str, table: tuple, w: _Weights) -> None:
+    for i, block in enumerate(blocks):
+        for path, name in table:
+            module = block.get_submodule(path)
+            load = w.norm if isinstance(module, nn.LayerNorm) else w.linear
+            load(module, f"{prefix}/layer_{i}/{name}")
+
+
+def _load_encoder(enc: AudioEncoder, w: _Weights) -> None:
+    d, m = enc.dims.width, enc.dims.n_mels
+    enc.conv1.weight.data.copy_(w.get("encoder/conv1/weight", (d, m, 3)))
+    enc.conv1.bias.data.copy_(w.get("encoder/conv1/bias", (d,)))
+    enc.conv2.weight.data.copy_(w.get("encoder/conv2/weight", (d, d, 3)))
+    enc.conv2.bias.data.copy_(w.get("encoder/conv2/bias", (d,)))
+    enc.positions.copy_(w.get("encoder/position_encodings/encodings", (N_CTX_AUDIO, d)))
+    _load_layers(enc.blocks, "encoder", ENCODER_LAYER, w)
+    w.norm(enc.ln_post, "encoder/layer_norm")
+
+
+def _load_decoder(dec: TextDecoder, w: _Weights) -> None:
+    dims = dec.dims
+    d = dims.width
+    dec.token_embedding.weight.data.copy_(w.get("decoder/embeddings/weight", (dims.n_vocab, d)))
+    dec.proj.weight = dec.token_embedding.weight  # tied, as in Whisper: one copy in memory
+    dec.positions.copy_(w.get("decoder/position_encodings/encodings", (dims.n_text_ctx, d)))
+    _load_layers(dec.blocks, "decoder", DECODER_LAYER, w)
+    w.norm(dec.ln, "decoder/layer_norm")
+
+
+def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin") -> tuple[Dims, AudioEncoder, TextDecoder]:
+    """The model's dimensions and its two networks, weights loaded, in eval mode without gradients."""
+    dims = dims_from_variables(variables, path)
+    w = _Weights(variables, path)
+    with torch.no_grad():
+        enc, dec = AudioEncoder(dims), TextDecoder(dims)
+        _load_encoder(enc, w)
+        _load_decoder(dec, w)
+    return dims, enc.eval().requires_grad_(False), dec.eval().requires_grad_(False)
