@@ -19,6 +19,7 @@ from wyoming.event import Event
 
 from benchmarks.corpus import CORPUS_DIR, normalize
 from tests.mqtt_broker import MosquittoBroker, Subscriber, wait_until
+from wyoming_amanuensis.telemetry.payloads import SENSORS
 
 MODEL_ARGS = ("--model", "tiny.en", "--encoder-backend", "cpu", "--threads", "1")
 EVENT_TIMEOUT = 120.0  # generous: two shared cores
@@ -113,7 +114,7 @@ async def test_transcript_timings_equal_the_mqtt_message_and_sigterm_says_offlin
     assert message["latency_ms"] == pytest.approx(transcript.data["timings"]["total_ms"] + message["queue_ms"])
     assert "text" not in message
     assert stats[-1]["latency_ms"]["last"] == pytest.approx(message["latency_ms"])
-    assert len(sub.on("homeassistant/#")) == 6 and all(m.retain for m in sub.on("homeassistant/#"))
+    assert len(sub.on("homeassistant/#")) == len(SENSORS) and all(m.retain for m in sub.on("homeassistant/#"))
 
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0

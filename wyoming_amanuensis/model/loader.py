@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from .ct2 import ModelFileError, read_model_bin
 from .ct2_whisper import build_modules
