@@ -538,7 +538,8 @@ def test_zeroconf_advertises_a_real_address():
 
 
 async def test_zeroconf_flag_advertises_the_bound_port_at_the_host_address():
-    zeroconf_asyncio = pytest.importorskip("zeroconf.asyncio")
+    import zeroconf.asyncio as zeroconf_asyncio  # wyoming[zeroconf] is a dependency: no skip
+
     from wyoming_amanuensis.zeroconf import advertised_host
 
     name = f"amanuensis-test-{time.monotonic_ns() % 100000}"
