@@ -27,7 +27,7 @@ class Utterance:
 
     request: Request
     max_samples: int
-    chunks: list = field(default_factory=list)  # 16 kHz float32 arrays, as converted
+    chunks: list[np.ndarray] = field(default_factory=list)  # 16 kHz float32, as converted
     samples: int = 0
     converter: Converter = field(default_factory=Converter)
     refused: bool = False  # an error was sent; ignore the rest until the next utterance
