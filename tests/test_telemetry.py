@@ -89,6 +89,13 @@ def test_request_payload_of_a_failed_request_has_the_code_and_no_timings():
     assert payload["text"] is None
 
 
+def test_latency_is_the_sum_of_the_published_queue_and_total():
+    result = make_result(total_ms=69.7584)
+    result.timings.queue_ms = 0.0004  # each rounds down, their raw sum rounds up
+    payload = request_payload(ok_event(result=result), include_text=False, default_backend="cpu")
+    assert payload["latency_ms"] == payload["queue_ms"] + payload["timings"]["total_ms"] == 69.758
+
+
 def test_transcript_text_only_when_configured():
     event = ok_event()
     assert "text" not in request_payload(event, include_text=False, default_backend="cpu")

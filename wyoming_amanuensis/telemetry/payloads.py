@@ -68,11 +68,12 @@ class RequestEvent:
 
 
 def latency_ms(event: RequestEvent) -> Optional[float]:
-    """What the client waited for: queue wait plus the pipeline's time."""
+    """What the client waited for: queue wait plus the pipeline's time, summed from the
+    published (rounded) timings so that the payload's fields add up exactly."""
     if event.result is None:
         return None
-    t = event.result.timings
-    return round(t.queue_ms + t.total_ms, 3)
+    t = event.result.timings.as_dict()
+    return round(t["queue_ms"] + t["total_ms"], 3)
 
 
 def request_payload(event: RequestEvent, *, include_text: bool, default_backend: str,
