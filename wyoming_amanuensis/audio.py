@@ -15,7 +15,8 @@ spent as the audio arrived rather than after ``audio-stop``.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import numpy as np
 import soxr
@@ -31,11 +32,15 @@ class AudioFormatError(ValueError):
     """Audio the pipeline cannot interpret (bad width, rate, channels or length)."""
 
 
+def check_rate(rate: int) -> None:
+    if not 1000 <= rate <= 384000:
+        raise AudioFormatError(f"unsupported sample rate {rate} Hz (1000-384000)")
+
+
 def check_format(rate: int, width: int, channels: int) -> None:
     if width not in SUPPORTED_WIDTHS:
         raise AudioFormatError(f"unsupported sample width {width} bytes (supported: 1, 2, 3, 4)")
-    if not 1000 <= rate <= 384000:
-        raise AudioFormatError(f"unsupported sample rate {rate} Hz (1000-384000)")
+    check_rate(rate)
     if not 1 <= channels <= 32:
         raise AudioFormatError(f"unsupported channel count {channels} (1-32)")
 
@@ -86,26 +91,27 @@ class Converter:
     def pcm(self, pcm: bytes, rate: int, width: int, channels: int) -> np.ndarray:
         """Interleaved PCM bytes -> 16 kHz samples (raises AudioFormatError)."""
         check_format(rate, width, channels)
-        t0 = time.perf_counter()
-        out = self._resample(_mono(pcm_to_float(pcm, width, channels)), rate, last=False)
-        self.ms += (time.perf_counter() - t0) * 1000.0
-        return out
+        with self._timed():
+            return self._resample(_mono(pcm_to_float(pcm, width, channels)), rate, last=False)
 
     def samples(self, samples: np.ndarray, rate: int, *, last: bool = False) -> np.ndarray:
         """Float samples [frames] or [frames, channels] -> 16 kHz samples; ``last`` flushes too."""
-        if not 1000 <= int(rate) <= 384000:
-            raise AudioFormatError(f"unsupported sample rate {rate} Hz (1000-384000)")
-        t0 = time.perf_counter()
-        out = self._resample(_mono(samples), int(rate), last=last)
-        self.ms += (time.perf_counter() - t0) * 1000.0
-        return out
+        check_rate(int(rate))
+        with self._timed():
+            return self._resample(_mono(samples), int(rate), last=last)
 
     def flush(self) -> np.ndarray:
         """The samples the resampler still holds (end of the utterance)."""
+        with self._timed():
+            return self._drain()
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
         t0 = time.perf_counter()
-        out = self._drain()
-        self.ms += (time.perf_counter() - t0) * 1000.0
-        return out
+        try:
+            yield
+        finally:
+            self.ms += (time.perf_counter() - t0) * 1000.0
 
     def _drain(self) -> np.ndarray:
         stream, self._stream = self._stream, None
