@@ -253,6 +253,7 @@ RUN_CASES = {
         default_argv_with("--model", "/share/whisper/small"),
         None,
     ),
+    "server endpointing": ({"server_endpointing": True}, None, DEFAULT_ARGV + ["--vad-endpointing"], None),
     "npu backend": ({"encoder_backend": "npu"}, None, default_argv_with("--encoder-backend", "npu"), None),
     "mqtt from supervisor": (
         {"mqtt_telemetry": True},

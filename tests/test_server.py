@@ -149,7 +149,11 @@ async def test_command_44k_stereo_in_1024_sample_chunks(amanuensis_server):
     # (each value is rounded to 0.001 ms on the wire: allow that much per term)
     assert t["total_ms"] + 0.005 >= t["audio_ms"] + t["mel_ms"] + t["encoder_ms"] + t["decoder_ms"] > 0
     assert data["model"] == "base" and data["encoder_backend"] == "cpu"
-    assert abs(data["audio_seconds"] - clip.seconds) < 0.05
+    # What was transcribed is the VAD's window: the speech plus margins, inside the clip.
+    start, end = data["window_s"]
+    assert 0 <= start < end <= clip.seconds + 0.01 and end - start < clip.seconds - 1.0
+    assert abs(data["audio_seconds"] - (end - start)) < 0.002
+    assert data["endpoint"] == "audio-stop" and data["answer_ms"] >= 0
     assert data["tokens"] > 0 and data["realtime_factor"] > 0 and data["request_id"]
 
 

@@ -243,6 +243,35 @@ async def test_scheduler_depth_cancel_errors_and_close():
         await sched.run_final(job("f"))
 
 
+async def test_scheduler_speculations_run_below_finals_and_can_be_promoted_or_withdrawn():
+    def big(name: str) -> Job:  # jobs that compare unequal-shaped arrays if the queue ever used ==
+        return Job(audio=np.zeros(RATE + len(name), dtype=np.float32), request_id=name)
+
+    run = ScriptedRun()
+    run.gate.clear()
+    sched = Scheduler(run, depth=4)
+    await sched.start()
+    first = asyncio.create_task(sched.run_final(job("wait-f0")))
+    await until(lambda: sched.busy)
+    s1, s2, s3 = (sched.speculate(big(n)) for n in ("s1", "s22", "s333"))
+    partial = asyncio.create_task(sched.run_partial(job("p")))
+    f1 = asyncio.create_task(sched.run_final(big("f1")))
+    f2 = asyncio.create_task(sched.run_final(big("f22")))
+    await until(lambda: sched.finals_waiting == 2)
+    f2.cancel()  # not the first in its queue: it leaves by identity
+    await asyncio.sleep(0.05)
+    assert sched.finals_waiting == 1
+    s2.cancel()  # withdrawn before it started
+    assert sched.promote(s3)  # its client now waits: it queues as a final, after f1
+    run.gate.set()
+    assert (await first, await f1, await s3, await s1) == ("wait-f0", "f1", "s333", "s1")
+    assert await partial is None  # dropped when f1 arrived
+    assert run.order == ["wait-f0", "f1", "s333", "s1"]
+    assert not sched.promote(s1)  # it already ran
+    await sched.close()
+    assert sched.speculate(big("late")) is None  # a closing scheduler takes no speculation
+
+
 # ---------------------------------------------------------------------------
 # helpers
 

@@ -22,7 +22,7 @@ from wyoming_amanuensis.config import settings_from
 from wyoming_amanuensis.result import Result, Timings
 from wyoming_amanuensis.telemetry import RequestEvent, Telemetry
 from wyoming_amanuensis.telemetry import publisher as publisher_module
-from wyoming_amanuensis.telemetry.payloads import SENSORS, request_payload
+from wyoming_amanuensis.telemetry.payloads import SENSORS, request_payload, stats_payload
 from wyoming_amanuensis.telemetry.stats import RollingStats, percentile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +94,25 @@ def test_latency_is_the_sum_of_the_published_queue_and_total():
     result.timings.queue_ms = 0.0004  # each rounds down, their raw sum rounds up
     payload = request_payload(ok_event(result=result), include_text=False, default_backend="cpu")
     assert payload["latency_ms"] == payload["queue_ms"] + payload["timings"]["total_ms"] == 69.758
+
+
+def test_answer_latency_and_speculation_outcomes_reach_the_stats():
+    now = [1000.0]
+    stats = RollingStats(window_s=60.0, clock=lambda: now[0])
+    for answer_ms, outcome in ((2.0, "hit"), (4.0, "hit"), (150.0, "joined"), (300.0, "miss")):
+        stats.add("ok", 100.0, 0.5, answer_ms=answer_ms, speculation=outcome)
+    stats.add("busy")
+    snap = stats.snapshot()
+    assert (snap.last_answer_ms, snap.p50_answer_ms) == (300.0, 77.0)
+    payload = stats_payload(snap, encoder_backend="cpu", models=["base"], version="1", dropped=0)
+    assert payload["answer_ms"] == {"last": 300.0, "p50": 77.0, "p95": pytest.approx(277.5)}
+    assert payload["speculation"] == {"hit": 2, "joined": 1, "promoted": 0, "miss": 1, "none": 0, "hit_rate_pct": 75.0}
+    event = RequestEvent(request_id="r", model="base", language="en", outcome="ok", result=make_result(),
+                         answer_ms=1.23456, speculation="hit")
+    sent = request_payload(event, include_text=False, default_backend="cpu")
+    assert (sent["answer_ms"], sent["speculation"]) == (1.235, "hit")
+    empty = stats_payload(RollingStats().snapshot(), encoder_backend="cpu", models=[], version="1", dropped=0)
+    assert empty["speculation"]["hit_rate_pct"] is None and empty["answer_ms"]["p50"] is None
 
 
 def test_transcript_text_only_when_configured():

@@ -19,6 +19,7 @@ from wyoming.event import Event
 
 from benchmarks.corpus import CORPUS_DIR, normalize
 from tests.mqtt_broker import MosquittoBroker, Subscriber, wait_until
+from wyoming_amanuensis.speculation import USED
 from wyoming_amanuensis.telemetry.payloads import SENSORS
 
 MODEL_ARGS = ("--model", "tiny.en", "--encoder-backend", "cpu", "--threads", "1")
@@ -114,6 +115,11 @@ async def test_transcript_timings_equal_the_mqtt_message_and_sigterm_says_offlin
     assert message["latency_ms"] == pytest.approx(transcript.data["timings"]["total_ms"] + message["queue_ms"])
     assert "text" not in message
     assert stats[-1]["latency_ms"]["last"] == pytest.approx(message["latency_ms"])
+    # How the answer came: the same figures as the transcript's, counted in the stats.
+    assert message["answer_ms"] == transcript.data["answer_ms"] == stats[-1]["answer_ms"]["last"]
+    outcome = transcript.data["speculation"]["outcome"]
+    assert message["speculation"] == outcome and stats[-1]["speculation"][outcome] == 1
+    assert stats[-1]["speculation"]["hit_rate_pct"] == (100.0 if outcome in USED else 0.0)
     assert len(sub.on("homeassistant/#")) == len(SENSORS) and all(m.retain for m in sub.on("homeassistant/#"))
 
     server.proc.send_signal(signal.SIGTERM)

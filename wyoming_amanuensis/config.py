@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from .request import ENDPOINT_SILENCE_S
+
 ENV_PREFIX = "WYO_AMANUENSIS_"
 
 ENCODER_BACKENDS = ("auto", "npu", "cuda", "cpu")
@@ -66,6 +68,14 @@ class Settings:
     queue_depth: int = _opt(16, "Requests that may wait for the engine; a client beyond that gets a busy error.")
     streaming: bool = _opt(True, "Offer streaming partial transcripts to clients that ask for them.")
     partial_interval_s: float = _opt(1.0, "Minimum seconds of new audio between partial transcripts.")
+    # --- voice activity (vad.py, utterance.py, speculation.py) ----------------
+    vad_trim: bool = _opt(True, "Transcribe only the speech the VAD found (plus vad_pad_before_s / vad_pad_after_s), not the silence or noise around it, so the words do not change with how much silence the client appends; audio with no speech found is transcribed whole.")
+    vad_pad_before_s: float = _opt(0.3, "Seconds of audio kept before the first speech the VAD found.")
+    vad_pad_after_s: float = _opt(0.3, "Seconds of audio kept after the last speech the VAD found.")
+    vad_threshold: float = _opt(0.5, "Silero VAD speech probability that starts a speech run (a run ends 0.15 below it).")
+    speculate: bool = _opt(True, "Speculative finals: when the speech pauses, transcribe what was said so far in the background (below every waiting final in priority); if no speech follows, that transcript is the answer the moment audio-stop comes.")
+    speculate_pause_s: float = _opt(0.3, "Pause after speech, in seconds, before a speculative final starts (at least vad_pad_after_s).")
+    vad_endpointing: Optional[float] = _opt(None, "End a command after this many seconds of silence the server's VAD finds, answer at once and ignore the rest of its audio (tells clients requires_external_vad: false). The flag without a value follows each request's vad_sensitivity as Home Assistant does: 0.7 s, relaxed 1.25 s, aggressive 0.25 s (0 in env/YAML). Off when empty.")
     zeroconf: Optional[str] = _opt(None, "Advertise the server over zeroconf under this name (flag without a value uses the hostname).")
     shutdown_timeout_s: float = _opt(10.0, "On SIGTERM, how long in-flight utterances may take to finish.")
     debug: bool = _opt(False, "Debug logging.")
@@ -97,6 +107,17 @@ class Settings:
     @property
     def topic_prefix(self) -> str:
         return self.mqtt_topic_prefix or f"amanuensis/{self.instance}"
+
+    @property
+    def vad_enabled(self) -> bool:
+        """Whether utterances need the VAD at all."""
+        return self.vad_trim or self.speculate or self.vad_endpointing is not None
+
+    def endpoint_silence_s(self, vad_sensitivity: str) -> Optional[float]:
+        """Silence that ends a command here, or None where the client ends it (audio-stop)."""
+        if self.vad_endpointing is None:
+            return None
+        return self.vad_endpointing or ENDPOINT_SILENCE_S.get(vad_sensitivity, ENDPOINT_SILENCE_S["default"])
 
     @property
     def telemetry_enabled(self) -> bool:
@@ -140,6 +161,13 @@ class Settings:
             raise bad("mqtt_queue_size", "must be at least 1")
         if self.partial_interval_s <= 0:
             raise bad("partial_interval_s", "must be > 0")
+        for name in ("vad_pad_before_s", "vad_pad_after_s", "speculate_pause_s"):
+            if not 0 <= getattr(self, name) <= 5:
+                raise bad(name, "must be between 0 and 5 seconds")
+        if not 0 < self.vad_threshold < 1:
+            raise bad("vad_threshold", "must be between 0 and 1")
+        if self.vad_endpointing is not None and not 0 <= self.vad_endpointing <= 10:
+            raise bad("vad_endpointing", "must be between 0 (follow vad_sensitivity) and 10 seconds")
         if self.shutdown_timeout_s < 0:
             raise bad("shutdown_timeout_s", "must be >= 0")
         if not any(self.uri.startswith(s) for s in ("tcp://", "unix://", "stdio://")):
@@ -195,6 +223,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         if optional:
             return None
         raise ConfigError(f"invalid value for option '{f.name}': a value is required")
+    if optional and isinstance(value, str) and value.strip() == "":
+        return None
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -280,6 +310,8 @@ def build_parser(prog: str = "wyoming_amanuensis") -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         elif f.name == "zeroconf":
             parser.add_argument(flag, dest=f.name, nargs="?", const=socket.gethostname(), help=help_text)
+        elif f.name == "vad_endpointing":
+            parser.add_argument(flag, dest=f.name, nargs="?", const="0", metavar="SECONDS", help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, metavar=f.name.upper(),
                                 choices=f.metadata["choices"] or None, help=help_text)

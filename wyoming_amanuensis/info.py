@@ -27,5 +27,6 @@ def build_info(engine: Engine, settings: Settings) -> Info:
         version=__version__,
         models=models,
         supports_transcript_streaming=bool(settings.streaming),
-        requires_external_vad=True,
+        # With server endpointing the client may stream until we answer (Wyoming 1.10, HA 2026.5+).
+        requires_external_vad=settings.vad_endpointing is None,
     )])

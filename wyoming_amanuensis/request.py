@@ -21,6 +21,10 @@ from .audio import check_format
 # The program name Home Assistant may send as the transcribe event's model name.
 PROGRAM_NAME = "amanuensis"
 
+# Home Assistant's own end-of-command silence per vad_sensitivity (its VoiceCommandSegmenter):
+# with --vad-endpointing the server ends a command after the same silence Home Assistant would wait.
+ENDPOINT_SILENCE_S = {"default": 0.7, "relaxed": 1.25, "aggressive": 0.25}
+
 # Prompt built from transcript_names/terms: Whisper keeps the last ~223 prompt
 # tokens, so keep it short, with names (higher priority) nearest the speech.
 MAX_PROMPT_CHARS = 600
@@ -45,6 +49,7 @@ class Request:
     word_timestamps: Optional[bool] = None
     streaming: bool = False  # the client asked for transcript-chunk events
     partial: bool = False  # a streaming preview: greedy, no alignment
+    vad_sensitivity: str = "default"  # how soon the client wants the end of a command found
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Job:
     audio_ms: float = 0.0
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     submitted: float = field(default_factory=time.perf_counter)
+    run_ms: float = 0.0  # wall time of the engine run that carried it (set by the scheduler)
 
 
 # ---------------------------------------------------------------------------
@@ -144,6 +150,9 @@ def parse_transcribe(data: Mapping[str, Any], models: Mapping[str, list[str]], d
     terms = _str_list(data, "transcript_terms")
     if data.get("context") is not None and not isinstance(data.get("context"), dict):
         raise BadRequest("'context' must be an object")
+    sensitivity = _str(data, "vad_sensitivity") or "default"
+    if sensitivity not in ENDPOINT_SILENCE_S:
+        raise BadRequest(f"'vad_sensitivity' must be one of {', '.join(ENDPOINT_SILENCE_S)}, got {sensitivity!r}")
     if model in (None, "", PROGRAM_NAME):
         model = None
     elif model not in models:
@@ -153,4 +162,5 @@ def parse_transcribe(data: Mapping[str, Any], models: Mapping[str, list[str]], d
         language=normalise_language(language, models[model or default_model]),
         prompt=build_prompt(names, terms),
         streaming=wants_streaming(data) and streaming_offered,
+        vad_sensitivity=sensitivity,
     )

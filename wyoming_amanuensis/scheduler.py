@@ -6,15 +6,21 @@ only add contention. The event loop never runs inference; it only queues a
 :class:`~wyoming_amanuensis.request.Job` and awaits its future, so
 ``describe`` is answered while the worker is busy.
 
-Two kinds of work, one shape (a ``Job``, run by ``run(list_of_jobs)``):
+Three kinds of work, one shape (a ``Job``, run by ``run(list_of_jobs)``), in this order of priority:
 
 * **final** transcripts (a client sent ``audio-stop`` and waits). At most
   ``depth`` may wait; one more is refused with :class:`QueueFull` ("busy")
   so a burst waits instead of piling up audio without limit. With
   ``batch_size`` > 1, finals that wait together go to ``run`` as one list
   (up to ``batch_size``); each caller still gets its own result or error.
+* **speculative** finals (:mod:`speculation`: a final started when the speech
+  paused, before ``audio-stop``). They run only when no final waits, batched
+  like finals; nothing is dropped for them, and :meth:`Scheduler.promote`
+  moves one to the finals' queue when its client's ``audio-stop`` comes and it
+  has not started yet. Cancelling the future :meth:`speculate` returned
+  withdraws one that has not started.
 * **partial** transcripts (streaming previews), always one at a time. They
-  only run when no final is waiting: a final entering the queue drops every
+  only run when no final or speculation is waiting: a final entering the queue drops every
   waiting partial, and a partial is never dispatched while a final waits.
   They never delay anyone's result by more than the one partial decode that
   may already be running.
@@ -22,13 +28,16 @@ Two kinds of work, one shape (a ``Job``, run by ``run(list_of_jobs)``):
 A caller that goes away (its task is cancelled, e.g. the client vanished)
 takes its job out of the queue; a job already running finishes in the worker
 and its result is dropped. Queue time is not measured here: the engine
-stamps it into the result's timings from ``Job.submitted``.
+stamps it into the result's timings from ``Job.submitted``. The wall time of
+the run that carried a job is stamped on ``Job.run_ms`` (what speculation
+spent, including runs whose result nobody used).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,7 +63,7 @@ class SchedulerClosed(Exception):
     code = "shutting-down"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: deque.remove must not compare the jobs' audio arrays
 class _Queued:
     job: Job
     future: asyncio.Future
@@ -68,6 +77,7 @@ class Scheduler:
         self.batch_size = max(1, batch_size)
         self._run = run
         self._finals: deque[_Queued] = deque()
+        self._speculative: deque[_Queued] = deque()
         self._partials: deque[_Queued] = deque()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amanuensis-engine")
         self._wake: Optional[asyncio.Event] = None
@@ -100,7 +110,7 @@ class Scheduler:
     async def close(self) -> None:
         """Refuse new work, drop what waits, let a running job end (its result is dropped)."""
         self._closed = True
-        for queue in (self._finals, self._partials):
+        for queue in (self._finals, self._speculative, self._partials):
             while queue:
                 item = queue.popleft()
                 if not item.future.done():
@@ -126,7 +136,7 @@ class Scheduler:
 
     @property
     def idle(self) -> bool:
-        return not self._running and not self._finals and not self._partials
+        return not self._running and not self._finals and not self._speculative and not self._partials
 
     # ------------------------------------------------------------- submit
     async def run_final(self, job: Job) -> Any:
@@ -149,6 +159,25 @@ class Scheduler:
             return None
         return await self._await(self._submit(job, self._partials), self._partials)
 
+    def speculate(self, job: Job) -> Optional[asyncio.Future]:
+        """Queue ``job`` below every final; its future (cancel it to withdraw the job),
+        or None when the server is closing or ``depth`` speculations already wait."""
+        if self._closed or sum(1 for q in self._speculative if not q.future.done()) >= self.depth:
+            return None
+        return self._submit(job, self._speculative).future
+
+    def promote(self, future: asyncio.Future) -> bool:
+        """A speculation whose client now waits for it: if it has not started, it joins
+        the finals' queue (its client waits as any final would); False if it already
+        ran, is running, or was withdrawn."""
+        for item in self._speculative:
+            if item.future is future and not future.done():
+                self._speculative.remove(item)
+                self._finals.append(item)
+                self._wake.set()  # type: ignore[union-attr]
+                return True
+        return False
+
     def _submit(self, job: Job, queue: deque) -> _Queued:
         assert self._wake is not None, "Scheduler.start() was not called"
         item = _Queued(job, asyncio.get_running_loop().create_future())
@@ -170,12 +199,15 @@ class Scheduler:
 
     # ------------------------------------------------------------ dispatch
     def _take(self) -> list[_Queued]:
-        """The next run: up to ``batch_size`` waiting finals, else one partial."""
+        """The next run: up to ``batch_size`` waiting finals, else speculations, else one partial."""
         batch: list[_Queued] = []
-        while self._finals and len(batch) < self.batch_size:
-            item = self._finals.popleft()
-            if not item.future.done():
-                batch.append(item)
+        for queue in (self._finals, self._speculative):
+            while queue and len(batch) < self.batch_size:
+                item = queue.popleft()
+                if not item.future.done():
+                    batch.append(item)
+            if batch:
+                return batch
         while not batch and self._partials:
             item = self._partials.popleft()
             if not item.future.done():
@@ -197,6 +229,7 @@ class Scheduler:
             if len(batch) > 1:
                 _LOG.debug("running %d waiting requests in one batch", len(batch))
             self._running = True
+            t0 = time.perf_counter()
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._run, [q.job for q in batch])
             except asyncio.CancelledError:
@@ -205,6 +238,8 @@ class Scheduler:
                 outcomes = [err] * len(batch)
             finally:
                 self._running = False
+                for q in batch:
+                    q.job.run_ms = (time.perf_counter() - t0) * 1000.0
             for item, outcome in zip(batch, outcomes):
                 if item.future.done():
                     continue

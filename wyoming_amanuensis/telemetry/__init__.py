@@ -93,7 +93,8 @@ class Telemetry:
             self.stats.add(event.outcome, latency_ms(event),
                            result.realtime_factor if result else None,
                            result.timings.npu_ms if result else 0.0,
-                           fallback=bool(result and result.encoder_fallback))
+                           fallback=bool(result and result.encoder_fallback),
+                           answer_ms=event.answer_ms, speculation=event.speculation)
             payload = request_payload(event, include_text=self.settings.mqtt_include_text,
                                       default_backend=self.encoder_backend)
             self.publisher.submit(Message(self.topics.request, encode(payload), qos=self._qos))

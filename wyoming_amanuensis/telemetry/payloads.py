@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from ..config import Settings
 from ..result import Result
+from ..speculation import OUTCOMES, USED
 from .stats import StatsSnapshot
 
 ONLINE = "online"
@@ -65,6 +66,8 @@ class RequestEvent:
     language: Optional[str]
     outcome: str                     # "ok" or an error code string such as "audio-too-long"
     result: Optional[Result] = None  # None when the request failed before a result existed
+    answer_ms: Optional[float] = None  # end of the utterance (audio-stop or endpoint) to the transcript
+    speculation: Optional[str] = None  # speculation.OUTCOMES; None when speculation is off or it failed
 
 
 def latency_ms(event: RequestEvent) -> Optional[float]:
@@ -96,6 +99,8 @@ def request_payload(event: RequestEvent, *, include_text: bool, default_backend:
         "timings": result.timings.as_dict() if result else None,
         "realtime_factor": round(result.realtime_factor, 4) if result else None,
         "tokens": result.tokens if result else None,
+        "answer_ms": None if event.answer_ms is None else round(event.answer_ms, 3),
+        "speculation": event.speculation,
     }
     if include_text:
         payload["text"] = result.text if result else None
@@ -127,6 +132,13 @@ def stats_payload(snapshot: StatsSnapshot, *, encoder_backend: str, models: list
             "p95": rounded(snapshot.p95_latency_ms),
         },
         "mean_realtime_factor": rounded(snapshot.mean_realtime_factor, 4),
+        # From the end of the utterance (audio-stop, or the server's endpoint) to the transcript.
+        "answer_ms": {
+            "last": rounded(snapshot.last_answer_ms),
+            "p50": rounded(snapshot.p50_answer_ms),
+            "p95": rounded(snapshot.p95_answer_ms),
+        },
+        "speculation": speculation_stats(snapshot.speculation),
         "rss_bytes": snapshot.rss_bytes,
         # Only meaningful where an NPU does the work; null elsewhere so a dashboard
         # does not show a misleading 0 %.
@@ -134,6 +146,15 @@ def stats_payload(snapshot: StatsSnapshot, *, encoder_backend: str, models: list
         "npu": backend_stats,
         "telemetry_dropped": dropped,
     }
+
+
+def speculation_stats(counts: dict[str, int]) -> dict[str, Any]:
+    """Finals per speculation outcome and the share answered from a speculation
+    (null until a final with speculation on has finished)."""
+    out: dict[str, Any] = {k: counts.get(k, 0) for k in OUTCOMES}
+    total = sum(out.values())
+    out["hit_rate_pct"] = round(100.0 * sum(out[k] for k in USED) / total, 2) if total else None
+    return out
 
 
 @dataclass(frozen=True)
@@ -156,6 +177,11 @@ SENSORS: tuple[SensorSpec, ...] = (
                unit="ms", device_class="duration", state_class="measurement", precision=0),
     SensorSpec("p95_latency", "P95 latency", "{{ value_json.latency_ms.p95 }}",
                unit="ms", device_class="duration", state_class="measurement", precision=0),
+    SensorSpec("p95_answer", "P95 answer time", "{{ value_json.answer_ms.p95 }}",
+               unit="ms", device_class="duration", state_class="measurement", precision=0),
+    SensorSpec("speculation_hit_rate", "Speculation hit rate",
+               "{{ value_json.speculation.hit_rate_pct }}",
+               unit="%", state_class="measurement", precision=0, icon="mdi:crystal-ball", diagnostic=True),
     SensorSpec("realtime_factor", "Realtime factor", "{{ value_json.mean_realtime_factor }}",
                state_class="measurement", precision=3, icon="mdi:speedometer"),
     SensorSpec("requests", "Requests", "{{ value_json.requests }}",

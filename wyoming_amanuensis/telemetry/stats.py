@@ -28,6 +28,7 @@ class Sample:
     latency_ms: float    # queue wait + pipeline total: what the client waited for
     realtime_factor: float
     npu_ms: float
+    answer_ms: Optional[float]  # end of the utterance to the transcript: what the user waited for
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class StatsSnapshot:
     p50_latency_ms: Optional[float]
     p95_latency_ms: Optional[float]
     mean_realtime_factor: Optional[float]
+    last_answer_ms: Optional[float]
+    p50_answer_ms: Optional[float]
+    p95_answer_ms: Optional[float]
+    speculation: dict[str, int]  # finals per speculation outcome, since start
     npu_busy_share: float
     rss_bytes: Optional[int]
 
@@ -83,6 +88,8 @@ class RollingStats:
     encoder_fallbacks: int = 0  # requests whose encoder fell back to the CPU (NPU failures)
     errors_by_code: collections.Counter = field(default_factory=collections.Counter)
     last_latency_ms: Optional[float] = None
+    last_answer_ms: Optional[float] = None
+    speculation: collections.Counter = field(default_factory=collections.Counter)
     _samples: collections.deque = field(default_factory=collections.deque, repr=False)
     _started: float = field(default=0.0, repr=False)
 
@@ -91,17 +98,22 @@ class RollingStats:
         self._started = self.clock()
 
     def add(self, outcome: str, latency_ms: Optional[float] = None, realtime_factor: Optional[float] = None,
-            npu_ms: float = 0.0, fallback: bool = False) -> None:
+            npu_ms: float = 0.0, fallback: bool = False, answer_ms: Optional[float] = None,
+            speculation: Optional[str] = None) -> None:
         """Count one finished request. Only requests that produced a result carry
         a latency; an empty utterance is ok yet has none."""
         self.requests += 1
         self.encoder_fallbacks += int(fallback)
+        if speculation is not None:
+            self.speculation[speculation] += 1
+        if answer_ms is not None:
+            self.last_answer_ms = answer_ms
         if outcome != "ok":
             self.errors += 1
             self.errors_by_code[outcome] += 1
         if latency_ms is not None:
             self.last_latency_ms = latency_ms
-            self._samples.append(Sample(self.clock(), latency_ms, realtime_factor or 0.0, npu_ms))
+            self._samples.append(Sample(self.clock(), latency_ms, realtime_factor or 0.0, npu_ms, answer_ms))
 
     def snapshot(self) -> StatsSnapshot:
         now = self.clock()
@@ -109,6 +121,7 @@ class RollingStats:
             self._samples.popleft()
         samples = list(self._samples)
         latencies = sorted(s.latency_ms for s in samples)
+        answers = sorted(s.answer_ms for s in samples if s.answer_ms is not None)
         # Busy share: NPU time over the wall time the window covers, which is
         # less than the window just after start (or a fresh start looks idle).
         span_ms = max(min(self.window_s, now - self._started), 1e-3) * 1000.0
@@ -124,6 +137,10 @@ class RollingStats:
             p50_latency_ms=percentile(latencies, 50),
             p95_latency_ms=percentile(latencies, 95),
             mean_realtime_factor=(sum(s.realtime_factor for s in samples) / len(samples)) if samples else None,
+            last_answer_ms=self.last_answer_ms,
+            p50_answer_ms=percentile(answers, 50),
+            p95_answer_ms=percentile(answers, 95),
+            speculation=dict(self.speculation),
             npu_busy_share=min(sum(s.npu_ms for s in samples) / span_ms, 1.0),
             rss_bytes=process_rss_bytes(),
         )
