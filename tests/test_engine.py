@@ -256,6 +256,29 @@ def test_decoding_stops_at_the_token_cap(engine):
     assert len(r.tokens) == 5
 
 
+def test_a_withdrawn_job_stops_at_its_next_token_and_does_no_work_if_not_started(engine):
+    loaded = engine.models["base"]
+    from wyoming_amanuensis.mel import log_mel
+
+    enc = loaded.backend.encode(log_mel(audio("jfk"), n_frames=3000)[None])
+    cross = loaded.decoder.prepare(enc)
+    asked = []
+
+    def stop_after_3() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    for beam in (1, 4):
+        asked.clear()
+        r = loaded.decoder.decode(cross, DecodeOptions(language="en", beam_size=beam, stop=stop_after_3))
+        assert len(r.tokens) <= 3 and len(asked) == 4  # jfk alone is ~30 tokens
+    withdrawn = Job(audio=audio("jfk"), request=Request(language="en"), withdrawn=True)
+    alive = Job(audio=audio("s2p_gen_turn_on_the_lights"), request=Request(language="en"))
+    gone, ok = engine.run([withdrawn, alive])
+    assert isinstance(gone, TranscriptionError) and gone.code == "withdrawn"
+    assert normalize(ok.text) == "turn on the lights"
+
+
 def test_loop_detection():
     assert loop_start([1, 2, 3]) is None
     assert loop_start([9, 5, 5, 5, 5]) == 2

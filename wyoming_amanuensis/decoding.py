@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -76,6 +76,9 @@ class DecodeOptions:
     prompt_tokens: list[int] = field(default_factory=list)
     max_tokens: int = MAX_NEW_TOKENS
     record_alignment: bool = False  # keep cross-attention of the alignment heads (greedy only)
+    # Asked before each token: True = nobody wants this result any more (a withdrawn
+    # speculation, a client that left); the search stops and its tokens are meaningless.
+    stop: Optional[Callable[[], bool]] = None
 
 
 @dataclass
@@ -290,6 +293,8 @@ class Decoder:
             suppress = self.suppress
             best = logp.argmax(dim=-1).tolist()
             for b in range(batch):
+                if active[b] and opts[b].stop is not None and opts[b].stop():
+                    active[b] = False
                 if not active[b]:
                     continue
                 nxt = best[b]
@@ -344,6 +349,8 @@ class Decoder:
         finished: list[tuple[float, list[int], float]] = []  # (normalised score, tokens, sum logprob)
         suppress = self.suppress_begin
         for step in range(limit):
+            if opts.stop is not None and opts.stop():
+                break
             logp = torch.log_softmax(logits + suppress, dim=-1)
             suppress = self.suppress
             total = (scores[:, None] + logp).flatten()

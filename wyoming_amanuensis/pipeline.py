@@ -160,8 +160,9 @@ class Engine:
         live = [w for w in work if isinstance(w, _Work)]
         with self._lock:
             for w in live:
-                self._front(w)
-            pending = [w for w in live if w.result is None]
+                if not w.job.withdrawn:
+                    self._front(w)
+            pending = [w for w in live if w.result is None and not w.job.withdrawn]
             for name in {w.loaded.model.name for w in pending}:
                 group = [w for w in pending if w.loaded.model.name == name]
                 greedy = [w for w in group if w.options.beam_size == 1]
@@ -170,7 +171,9 @@ class Engine:
                         self._decode([w])
                 for k in range(0, len(greedy), self.settings.batch_decode_size):
                     self._decode(greedy[k:k + self.settings.batch_decode_size])
-        return [self._finish(w) if isinstance(w, _Work) else w for w in work]
+        return [w if isinstance(w, TranscriptionError)
+                else TranscriptionError("withdrawn", "nobody wants this result any more") if w.job.withdrawn
+                else self._finish(w) for w in work]
 
     # --------------------------------------------------------------- stages
     def _check(self, job: Job, start: float) -> "_Work":
@@ -188,9 +191,10 @@ class Engine:
         prompt = tokenizer.encode(" " + request.prompt.strip()) if request.prompt and request.prompt.strip() else []
         options = DecodeOptions(language=request.language or self.settings.language, beam_size=beam,
                                 prompt_tokens=prompt, max_tokens=max_tokens_for(seconds),
-                                record_alignment=want_words and self.settings.fast_alignment and beam == 1)
+                                record_alignment=want_words and self.settings.fast_alignment and beam == 1,
+                                stop=lambda: job.withdrawn)
         timings = Timings(audio_ms=job.audio_ms, queue_ms=max(0.0, (start - job.submitted) * 1000.0))
-        return _Work(loaded=loaded, audio=job.audio, seconds=seconds, options=options, want_words=want_words,
+        return _Work(job=job, loaded=loaded, audio=job.audio, seconds=seconds, options=options, want_words=want_words,
                      timings=timings, t0=start)
 
     def _window_frames(self, n_samples: int) -> int:
@@ -265,6 +269,7 @@ class Engine:
 class _Work:
     """One request on its way through the stages."""
 
+    job: Job
     loaded: LoadedModel
     audio: np.ndarray
     seconds: float

@@ -66,6 +66,9 @@ class Job:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     submitted: float = field(default_factory=time.perf_counter)
     run_ms: float = 0.0  # wall time of the engine run that carried it (set by the scheduler)
+    # Set from the event loop when nobody wants the result any more (a withdrawn speculation,
+    # a caller that left): the engine stops at its next stage or token instead of finishing.
+    withdrawn: bool = False
 
 
 # ---------------------------------------------------------------------------

@@ -25,9 +25,10 @@ Three kinds of work, one shape (a ``Job``, run by ``run(list_of_jobs)``), in thi
   They never delay anyone's result by more than the one partial decode that
   may already be running.
 
-A caller that goes away (its task is cancelled, e.g. the client vanished)
-takes its job out of the queue; a job already running finishes in the worker
-and its result is dropped. Queue time is not measured here: the engine
+A caller that goes away (its task is cancelled, e.g. the client vanished, or a
+partial cancelled by its final) takes its job out of the queue; a job already
+running is marked ``withdrawn`` and the engine drops it at its next stage or
+token. Queue time is not measured here: the engine
 stamps it into the result's timings from ``Job.submitted``. The wall time of
 the run that carried a job is stamped on ``Job.run_ms`` (what speculation
 spent, including runs whose result nobody used).
@@ -190,7 +191,9 @@ class Scheduler:
         try:
             return await item.future
         except asyncio.CancelledError:
-            # The caller went away: a job still waiting leaves the queue now.
+            # The caller went away: a job still waiting leaves the queue now; a running one
+            # stops at its next stage or token.
+            item.job.withdrawn = True
             try:
                 queue.remove(item)
             except ValueError:

@@ -8,7 +8,8 @@ already what the final transcript will read unless the speaker goes on, so we
 queue it below every waiting final (:meth:`Scheduler.speculate`). Then:
 
 * speech resumes (the VAD confirms a new speech run): the speculation is
-  withdrawn (dropped if it had not started; its result ignored if it had),
+  withdrawn (dropped if it had not started; stopped at its next decoder
+  token if it had, so the worker is soon free for someone's real final),
   and a new one starts at the next pause. At most one is live per utterance.
 * the utterance ends (``audio-stop``, or the server's own endpoint) and its
   window is the speculation's: that result *is* the final, bit for bit what a
@@ -50,6 +51,12 @@ def _retrieve(future: asyncio.Future) -> None:
         future.exception()
 
 
+def _drop(spec: Speculation) -> None:
+    """Out of the queue if it has not started; stopped at its next token if it has."""
+    spec.job.withdrawn = True
+    spec.future.cancel()
+
+
 class Speculator:
     """One utterance's speculations."""
 
@@ -79,7 +86,7 @@ class Speculator:
 
     def withdraw(self) -> None:
         if self.current is not None:
-            self.current.future.cancel()
+            _drop(self.current)
             self.current = None
 
     async def answer(self, window: tuple[int, int]) -> Optional[Result]:
@@ -90,7 +97,7 @@ class Speculator:
             self.outcome = "miss" if self.jobs else "none"  # every speculation made was outrun by speech
             return None
         if spec.window != window or spec.future.cancelled():
-            spec.future.cancel()
+            _drop(spec)
             self.outcome = "miss"
             return None
         if spec.future.done():
@@ -98,7 +105,11 @@ class Speculator:
         else:
             self.outcome = "promoted" if self._scheduler.promote(spec.future) else "joined"
         self.used = spec.job
-        return await spec.future
+        try:
+            return await spec.future
+        except asyncio.CancelledError:  # our client left while we waited
+            spec.job.withdrawn = True
+            raise
 
     def work_ms(self) -> float:
         """Engine wall time of every speculation that ran (a run still going when asked is not counted)."""
