@@ -178,6 +178,21 @@ async def test_endpointing_follows_each_vad_sensitivity_and_ignores_the_rest(end
         assert Info.is_type(after.type), after
 
 
+async def test_a_sound_before_the_command_does_not_end_it(endpointing_server):
+    # This recording opens with a short burst and half a second of quiet: with 0.25 s of
+    # silence enough, only the minimum of speech heard keeps that from being the command.
+    name = "s2p_rec_set_a_timer_for_5_minutes"
+    clip = speech(name)
+    audio = np.concatenate((clip, np.zeros(3 * RATE, dtype=np.float32))) + noise(clip.size / RATE + 3)
+    async with client_for(endpointing_server) as client:
+        await client.write_event(Transcribe(name="base", language="en", vad_sensitivity="aggressive").event())
+        await stream(client, audio, stop=False)
+        events = await read_until(client, "transcript")
+    data = events[-1].data
+    assert data["endpoint"] == "vad" and data["ended_at_s"] > 2.0, data
+    assert normalize(data["text"]) == normalize(reference(name)), data["text"]
+
+
 async def test_a_command_that_never_ends_is_cut_and_answered_at_the_limit(endpointing_server):
     name = "jfk"  # 11 s with no pause as long as relaxed's 1.25 s
     audio = speech(name)

@@ -49,6 +49,7 @@ class Utterance:
     trim: Optional[Trim] = None
     speculator: Optional[Speculator] = None
     endpoint_s: Optional[float] = None  # silence that ends it here (server endpointing), else None
+    min_speech_s: float = 0.0  # speech to hear before endpointing may end it
     refused: bool = False  # an error was sent; ignore the rest until the next utterance
     ended: Optional[str] = None  # why its final was started: "audio-stop", "vad" or "max-utterance"
     stopped_at: float = 0.0  # perf_counter() when it ended: the answer's latency counts from here
@@ -84,10 +85,10 @@ class Utterance:
         return speech.padded(self.trim.before_s, self.trim.after_s, self.samples)
 
     def endpoint_reached(self) -> bool:
-        """Server endpointing: speech was heard and has been followed by ``endpoint_s`` of silence."""
+        """Server endpointing: at least ``min_speech_s`` of speech was heard, then ``endpoint_s`` of silence."""
         t = self.tracker
         return (self.endpoint_s is not None and t is not None and t.speech is not None
-                and not t.speaking and t.silence_s >= self.endpoint_s)
+                and t.voiced >= self.min_speech_s * SAMPLE_RATE and not t.speaking and t.silence_s >= self.endpoint_s)
 
     def speculate(self) -> None:
         """After new audio: withdraw a speculation that speech has outrun; start one at a pause."""
@@ -150,6 +151,7 @@ def new_utterance(request: Request, settings: Settings, vad: Optional[SileroVad]
     if vad is not None:
         utt.tracker = SpeechTracker(vad, settings.vad_threshold)
         utt.endpoint_s = settings.endpoint_silence_s(request.vad_sensitivity)
+        utt.min_speech_s = settings.vad_min_speech_s
         if settings.vad_trim:
             utt.trim = Trim(settings.vad_pad_before_s, settings.vad_pad_after_s)
             if settings.speculate:

@@ -109,6 +109,7 @@ class SpeechTracker:
         self.speech: Optional[Speech] = None
         self.speaking = False  # the last frame was inside a confirmed speech run
         self.runs = 0  # confirmed speech runs so far (a new one means speech resumed)
+        self.voiced = 0  # samples inside confirmed speech runs
 
     def feed(self, audio: np.ndarray) -> None:
         if audio.size == 0:
@@ -126,9 +127,11 @@ class SpeechTracker:
         if self._run >= self._need:
             if self._run == self._need:
                 self.runs += 1
+                self.voiced += self._run * FRAME
                 start = end - self._run * FRAME
                 self.speech = Speech(start if self.speech is None else self.speech.start, end)
             else:
+                self.voiced += FRAME
                 self.speech = Speech(self.speech.start, end)  # type: ignore[union-attr]
             self.speaking = True
         else:
