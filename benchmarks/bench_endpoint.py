@@ -14,12 +14,12 @@ so what is measured is what HA runs. Its rules beyond "S of silence":
 HA makes one MicroVad per pipeline run, so each clip gets a fresh one (as for a satellite
 with on-device wake word, whose run starts at the STT stage).
 
-Ours: ``SpeechTracker`` (Silero) + ``Utterance.endpoint_reached`` (speech seen, not
-speaking, tracker.silence_s >= S), checked after every incoming chunk. Two chunkings:
-1024 samples (what wyoming-satellite sends) and 10 ms (what HA's wyoming STT forwards:
-it writes each of its pipeline's 10 ms chunks as one AudioChunk). "ours-1024+0.3s" is a
-what-if, not the server: ours, but no endpoint before the speech span reaches 0.3 s (HA's
-start rule), to see how many early cuts a blip before the command causes.
+Ours: ``SpeechTracker`` (Silero) + ``Utterance.endpoint_reached`` (at least
+``--vad-min-speech-s`` of speech heard, not speaking, tracker.silence_s >= S), checked
+after every incoming chunk. Two chunkings: 1024 samples (what wyoming-satellite sends)
+and 10 ms (what HA's wyoming STT forwards: it writes each of its pipeline's 10 ms chunks
+as one AudioChunk). "ours-1024, no minimum" sets the minimum to 0, to show how many early
+cuts a blip before the command causes without it (why the option exists).
 
 Each of bench_vad's short clips (both corpora), in each of its noises, is streamed as
 0.5 s noise + clip + 4 s noise (the noise also under the speech), as 16-bit PCM.
@@ -47,6 +47,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from benchmarks.bench_vad import LEAD_S, NOISES, RATE, corpus, energy_end, i16, noise
+from wyoming_amanuensis.config import Settings
 from wyoming_amanuensis.utterance import Utterance
 from wyoming_amanuensis.vad import FRAME, SileroVad, SpeechTracker
 
@@ -56,8 +57,9 @@ TAIL_S = 4.0
 SENS = {"aggressive": 0.25, "default": 0.7, "relaxed": 1.25}
 HA_CHUNK = 160  # HA's pipeline splits all audio into 10 ms chunks before its VAD
 # system -> (chunk size after which the server checks the endpoint, speech span required first).
-# The last is a what-if, not the server: HA's 0.3 s speech_seconds start rule grafted onto ours.
-OURS = {"ours-1024": (1024, 0.0), "ours-10ms": (160, 0.0), "ours-1024+0.3s": (1024, 0.3)}
+# (chunk samples, minimum speech heard): the server's default minimum, and none at all.
+MIN_SPEECH_S = Settings().vad_min_speech_s
+OURS = {"ours-1024": (1024, MIN_SPEECH_S), "ours-10ms": (160, MIN_SPEECH_S), "ours-1024, no minimum": (1024, 0.0)}
 
 
 def table(title: str, head: list[str], rows: list[list]) -> None:
@@ -125,19 +127,20 @@ def run_ours(pcm: bytes, svad: SileroVad, cpu: dict) -> dict:
     # The tracker decides whole 512-sample frames whatever the chunking (it buffers the rest), so
     # its state after any chunk is its state after floor(samples / FRAME) frames: feed it frame by
     # frame once, record endpoint_reached after each, and read off the decision for each chunk size.
-    ok, span = {s: [False] for s in SENS.values()}, [0.0]
+    minima = sorted({m for _, m in OURS.values()})
+    ok, span = {(s, m): [False] for s in SENS.values() for m in minima}, [0.0]
     for k in range(0, len(x) - FRAME + 1, FRAME):
         c = time.process_time()
         t.feed(x[k:k + FRAME])
         cpu["silero"] += time.process_time() - c
-        for s in SENS.values():  # the server's own check, on a stand-in for the Utterance
-            ok[s].append(Utterance.endpoint_reached(SimpleNamespace(endpoint_s=s, tracker=t)))
+        for s, m in ok:  # the server's own check, on a stand-in for the Utterance
+            ok[s, m].append(Utterance.endpoint_reached(SimpleNamespace(endpoint_s=s, min_speech_s=m, tracker=t)))
         span.append((t.speech.end - t.speech.start) / RATE if t.speech else 0.0)
 
-    def decide(size: int, s: float, min_span: float):
-        e = next((e for e in range(size, len(x) + 1, size) if ok[s][e // FRAME] and span[e // FRAME] >= min_span), None)
+    def decide(size: int, s: float, m: float):
+        e = next((e for e in range(size, len(x) + 1, size) if ok[s, m][e // FRAME]), None)
         return (None, None) if e is None else (e / RATE, span[e // FRAME])
-    return {sys_: {s: decide(size, s, min_span) for s in SENS.values()} for sys_, (size, min_span) in OURS.items()}
+    return {sys_: {s: decide(size, s, m) for s in SENS.values()} for sys_, (size, m) in OURS.items()}
 
 
 def main() -> None:

@@ -69,9 +69,8 @@ class Settings:
     streaming: bool = _opt(True, "Offer streaming partial transcripts to clients that ask for them.")
     partial_interval_s: float = _opt(1.0, "Minimum seconds of new audio between partial transcripts.")
     # --- voice activity (vad.py, utterance.py, speculation.py) ----------------
-    vad_trim: bool = _opt(True, "Transcribe only the speech the VAD found (plus vad_pad_before_s / vad_pad_after_s), not the silence or noise around it, so the words do not change with how much silence the client appends; audio with no speech found is transcribed whole.")
-    vad_pad_before_s: float = _opt(0.3, "Seconds of audio kept before the first speech the VAD found.")
-    vad_pad_after_s: float = _opt(0.3, "Seconds of audio kept after the last speech the VAD found.")
+    vad_trim: bool = _opt(True, "Transcribe the utterance only up to vad_pad_after_s after the last speech the VAD found, not the silence or noise the client sends after it, so the words do not change with how much of it there is; audio with no speech found is transcribed whole. The start is kept: trimming it lost quiet first words (benchmarks/bench_trim.py).")
+    vad_pad_after_s: float = _opt(0.5, "Seconds of audio kept after the last speech the VAD found.")
     vad_threshold: float = _opt(0.5, "Silero VAD speech probability that starts a speech run (a run ends 0.15 below it).")
     speculate: bool = _opt(True, "Speculative finals: when the speech pauses, transcribe what was said so far in the background (below every waiting final in priority); if no speech follows, that transcript is the answer the moment audio-stop comes.")
     speculate_pause_s: float = _opt(0.3, "Pause after speech, in seconds, before a speculative final starts (at least vad_pad_after_s).")
@@ -162,7 +161,7 @@ class Settings:
             raise bad("mqtt_queue_size", "must be at least 1")
         if self.partial_interval_s <= 0:
             raise bad("partial_interval_s", "must be > 0")
-        for name in ("vad_pad_before_s", "vad_pad_after_s", "speculate_pause_s", "vad_min_speech_s"):
+        for name in ("vad_pad_after_s", "speculate_pause_s", "vad_min_speech_s"):
             if not 0 <= getattr(self, name) <= 5:
                 raise bad(name, "must be between 0 and 5 seconds")
         if not 0 < self.vad_threshold < 1:

@@ -3,7 +3,7 @@
 A satellite streams in real time and its client (Home Assistant) waits out
 0.25-1.25 s of silence before ``audio-stop``; until then a server would sit
 idle. When the VAD (:mod:`vad`) has seen ``pause_s`` of silence after speech,
-the trimmed window (the speech plus its margins, :meth:`Utterance.window`) is
+the trimmed window (up to a margin after the speech, :meth:`Utterance.window`) is
 already what the final transcript will read unless the speaker goes on, so we
 queue it below every waiting final (:meth:`Scheduler.speculate`). Then:
 

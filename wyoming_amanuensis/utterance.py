@@ -4,7 +4,7 @@ Audio is converted as each chunk arrives (:class:`~wyoming_amanuensis.audio.Conv
 so what is held is the 16 kHz float32 result, bounded by ``max_samples``,
 whatever format the client sends. The VAD (:class:`~wyoming_amanuensis.vad.SpeechTracker`)
 reads the same samples as they come; :meth:`Utterance.window` is the part worth
-transcribing (the speech plus margins), which is what partial, speculative and
+transcribing (up to a margin after the last speech), which is what partial, speculative and
 final :class:`~wyoming_amanuensis.request.Job` values built here carry.
 """
 
@@ -28,14 +28,6 @@ from .streaming import Stabilizer
 from .vad import SileroVad, SpeechTracker
 
 
-@dataclass(frozen=True)
-class Trim:
-    """How much audio to keep around the VAD's speech; None on an Utterance = transcribe everything."""
-
-    before_s: float
-    after_s: float
-
-
 @dataclass
 class Utterance:
     """One utterance being received: its request, its 16 kHz audio so far, its streaming state."""
@@ -46,7 +38,7 @@ class Utterance:
     samples: int = 0
     converter: Converter = field(default_factory=Converter)
     tracker: Optional[SpeechTracker] = None  # the VAD, when the server runs one
-    trim: Optional[Trim] = None
+    trim_after_s: Optional[float] = None  # keep this much after the last speech; None = keep everything
     speculator: Optional[Speculator] = None
     endpoint_s: Optional[float] = None  # silence that ends it here (server endpointing), else None
     min_speech_s: float = 0.0  # speech to hear before endpointing may end it
@@ -77,12 +69,14 @@ class Utterance:
 
     # ------------------------------------------------------------ voice activity
     def window(self) -> tuple[int, int]:
-        """Samples to transcribe: the speech with its margins; everything when not trimming or
-        when the VAD found no speech (quiet or unusual speech may still be words to Whisper)."""
+        """Samples to transcribe: from the start to ``trim_after_s`` after the last speech;
+        everything when not trimming or when the VAD found no speech (quiet speech the VAD
+        misses is still words to Whisper: benchmarks/bench_trim.py). The start is kept because
+        cutting it lost quiet first words and gained nothing measurable."""
         speech = self.tracker.speech if self.tracker is not None else None
-        if self.trim is None or speech is None:
+        if self.trim_after_s is None or speech is None:
             return 0, self.samples
-        return speech.padded(self.trim.before_s, self.trim.after_s, self.samples)
+        return 0, min(self.samples, speech.end + int(self.trim_after_s * SAMPLE_RATE))
 
     def endpoint_reached(self) -> bool:
         """Server endpointing: at least ``min_speech_s`` of speech was heard, then ``endpoint_s`` of silence."""
@@ -125,11 +119,13 @@ class Utterance:
 
     def answer_data(self, final: Job, window: tuple[int, int], computed: bool) -> dict:
         """The transcript's extra fields about how the answer came: what ended the utterance,
-        the audio received by then, the window read, ms from the end to the answer, and (with speculation) which
+        the audio received by then, where the VAD heard speech, the window read, ms from the end to the answer, and (with speculation) which
         speculation outcome and what it cost. ``computed``: the final ran (no speculation used)."""
+        speech = self.tracker.speech if self.tracker is not None else None
         data: dict = {
             "endpoint": self.ended,
             "ended_at_s": round(self.ended_at / SAMPLE_RATE, 3),
+            "speech_s": None if speech is None else [round(speech.start / SAMPLE_RATE, 3), round(speech.end / SAMPLE_RATE, 3)],
             "window_s": [round(window[0] / SAMPLE_RATE, 3), round(window[1] / SAMPLE_RATE, 3)],
             "answer_ms": round((time.perf_counter() - self.stopped_at) * 1000.0, 3),
         }
@@ -153,7 +149,7 @@ def new_utterance(request: Request, settings: Settings, vad: Optional[SileroVad]
         utt.endpoint_s = settings.endpoint_silence_s(request.vad_sensitivity)
         utt.min_speech_s = settings.vad_min_speech_s
         if settings.vad_trim:
-            utt.trim = Trim(settings.vad_pad_before_s, settings.vad_pad_after_s)
+            utt.trim_after_s = settings.vad_pad_after_s
             if settings.speculate:
                 # Before vad_pad_after_s of silence the window is still growing: it could never match the final's.
                 utt.speculator = Speculator(scheduler, max(settings.speculate_pause_s, settings.vad_pad_after_s))
