@@ -73,7 +73,7 @@ class Settings:
     vad_pad_after_s: float = _opt(0.5, "Seconds of audio kept after the last speech the VAD found.")
     vad_threshold: float = _opt(0.5, "Silero VAD speech probability that starts a speech run (a run ends 0.15 below it).")
     speculate: bool = _opt(True, "Speculative finals: when the speech pauses, transcribe what was said so far in the background (below every waiting final in priority); if no speech follows, that transcript is the answer the moment audio-stop comes.")
-    speculate_pause_s: float = _opt(0.3, "Pause after speech, in seconds, before a speculative final starts (at least vad_pad_after_s).")
+    speculate_pause_s: float = _opt(0.5, "Pause after speech, in seconds, before a speculative final starts; never less than vad_pad_after_s (until then the window is still growing, so a speculation could not match the final's).")
     vad_min_speech_s: float = _opt(0.3, "Server endpointing ends a command only after this much speech was heard (Home Assistant's own rule): a click or a breath before the command does not end it. Measured by benchmarks/bench_endpoint.py: at 0.25 s of silence it turns 18 early cuts in 1065 noisy commands into 1.")
     vad_endpointing: Optional[float] = _opt(None, "End a command after this many seconds of silence the server's VAD finds, answer at once and ignore the rest of its audio (tells clients requires_external_vad: false). The flag without a value follows each request's vad_sensitivity as Home Assistant does: 0.7 s, relaxed 1.25 s, aggressive 0.25 s (0 in env/YAML). Off when empty.")
     zeroconf: Optional[str] = _opt(None, "Advertise the server over zeroconf under this name (flag without a value uses the hostname).")
