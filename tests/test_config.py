@@ -72,10 +72,19 @@ def test_cli_value_forms():
     assert load(["--streaming"], {"WYO_AMANUENSIS_STREAMING": "off"}).streaming is True
     assert load(environ={"WYO_AMANUENSIS_LANGUAGE": ""}).language is None
     assert load(environ={"WYO_AMANUENSIS_EXTRA_MODELS": "a,b,,c"}).extra_models == ("a", "b", "c")
+    # Endpointing: off unless asked; the bare flag follows each request's vad_sensitivity.
+    assert load([]).vad_endpointing is None and load([]).endpoint_silence_s("aggressive") is None
+    bare = load(["--vad-endpointing"])
+    assert [bare.endpoint_silence_s(v) for v in ("default", "relaxed", "aggressive")] == [0.7, 1.25, 0.25]
+    fixed = load(["--vad-endpointing", "0.5"])
+    assert [fixed.endpoint_silence_s(v) for v in ("default", "aggressive")] == [0.5, 0.5]
+    assert load(environ={"WYO_AMANUENSIS_VAD_ENDPOINTING": ""}).vad_endpointing is None
 
 
 @pytest.mark.parametrize("argv, environ, yaml_text, option", [
     (["--queue-depth", "0"], {}, None, "queue_depth"),
+    (["--vad-endpointing", "soon"], {}, None, "vad_endpointing"),
+    (["--vad-pad-after-s", "9"], {}, None, "vad_pad_after_s"),
     (["--beam-size", "17"], {}, None, "beam_size"),
     (["--max-utterance-s", "-1"], {}, None, "max_utterance_s"),
     (["--partial-interval-s", "abc"], {}, None, "partial_interval_s"),

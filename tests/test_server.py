@@ -416,6 +416,9 @@ async def test_bad_fields_unknown_model_and_program(amanuensis_server):
         await client.write_event(AudioStop().event())  # the refused request's utterance: ignored
         await client.write_event(Event(type="audio-start", data={"rate": "fast", "width": 2, "channels": 1}))
         await expect_error(client, "bad-request")
+        await client.write_event(Transcribe(vad_sensitivity="sleepy").event())
+        error = await expect_error(client, "bad-request")
+        assert "vad_sensitivity" in error.text and "aggressive" in error.text
         await client.write_event(Transcribe(name="large-v3").event())
         error = await expect_error(client, "unknown-model")
         assert "tiny.en" in error.text
