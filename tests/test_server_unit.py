@@ -496,8 +496,11 @@ async def test_graceful_stop_gives_up_after_the_timeout():
         t0 = time.monotonic()
         await h.server.stop(timeout=0.5)
         assert time.monotonic() - t0 < 5
+        cut = await read(talking)  # told why, before the connection closes
+        assert Error.is_type(cut.type) and Error.from_event(cut).code == "shutting-down", cut
         assert await read(talking) is None
     assert not h.server.handlers
+    assert h.outcomes == ["shutting-down"]
 
 
 # ---------------------------------------------------------------------------

@@ -159,6 +159,17 @@ class ConnectionHandler(AsyncEventHandler):
         self._closed = True
         await super().stop()
 
+    async def cut_off(self) -> None:
+        """Server shutdown ran out of time: a client still waiting on an utterance (streaming
+        it, or waiting for its transcript) is told so before its connection closes."""
+        waiting = any(not t.done() for t in self._finals)
+        utt = self._utt
+        if utt is not None and not utt.refused and not utt.ended:
+            await self._drop_utterance(record=True, outcome="shutting-down")
+            waiting = True
+        if waiting:
+            await self._error("shutting-down", "the server is shutting down; this utterance was not transcribed")
+
     def close_when_idle(self) -> None:
         """Server shutdown: close now if nothing is in progress, else after the pending transcript."""
         self._close_when_idle = True

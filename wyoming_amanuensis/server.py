@@ -89,7 +89,7 @@ class AmanuensisServer:
     async def stop(self, timeout: Optional[float] = None) -> None:
         """Stop listening; idle connections close now, connections in the middle of an
         utterance get their transcript first (up to ``timeout`` seconds), then the
-        rest is closed."""
+        rest get a ``shutting-down`` error and are closed."""
         timeout = self.settings.shutdown_timeout_s if timeout is None else timeout
         self.stopping = True
         srv = getattr(self._wyoming, "_server", None)
@@ -103,6 +103,7 @@ class AmanuensisServer:
             if pending:
                 _LOG.warning("%d connection(s) still busy after %.1f s; closing them", len(pending), timeout)
             for handler in list(self.handlers):
+                await handler.cut_off()
                 await handler.stop()
             if pending:
                 await asyncio.wait(pending, timeout=5)
