@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from .ct2 import ModelFileError
+
+_LOG = logging.getLogger(__name__)
+
+
+def _restore_merges(spec: dict) -> None:
+    """Put back BPE merges a converted ``tokenizer.json`` lost.
+
+    The bundled base model's file lacks GPT-2's first merge ("Ġ t", the one that
+    makes token 256): decoding is unaffected, but encoding splits every word
+    that starts with t (" timer" -> " ", "timer"), tokens the model never saw
+    there, so prompts and name biasing would miss them. In a byte-level BPE
+    vocabulary, merge k makes token 256 + k; a token below end-of-text that no
+    merge makes gets the merge of its longest known prefix and the rest, at that rank.
+    """
+    model = spec.get("model") or {}
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if model.get("type") != "BPE" or not isinstance(vocab, dict) or not isinstance(merges, list) or not merges:
+        return
+    as_pairs = not isinstance(merges[0], str)
+    made = {"".join(m) if as_pairs else m.replace(" ", "") for m in merges}
+    eot = vocab.get("<|endoftext|>", len(vocab))
+    restored = []
+    for token, i in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if not 256 <= i < eot or token in made or len(token) < 2:
+            continue
+        for cut in range(len(token) - 1, 0, -1):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                merges.insert(min(i - 256, len(merges)), [left, right] if as_pairs else f"{left} {right}")
+                restored.append(token)
+                break
+    if restored:
+        _LOG.info("tokenizer: restored %d missing BPE merge(s) (%s)", len(restored), ", ".join(restored[:5]))
 
 
 @dataclass
@@ -31,7 +66,9 @@ class WhisperTokenizer:
     @classmethod
     def from_files(cls, tokenizer_json: Path, lang_ids: list[int]) -> "WhisperTokenizer":
         try:
-            tok = Tokenizer.from_file(str(tokenizer_json))
+            spec = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+            _restore_merges(spec)
+            tok = Tokenizer.from_str(json.dumps(spec))
         except Exception as err:  # tokenizers raises a bare Exception on bad JSON
             raise ModelFileError(f"{tokenizer_json}: cannot load tokenizer: {err}") from None
 
