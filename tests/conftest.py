@@ -23,6 +23,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# ``home_assistant_core``: a real Home Assistant core (cached venv, Python 3.13), see that module.
+pytest_plugins = ("tests.home_assistant_core",)
+
 # Model flags of the shared server: tiny.en answers fast; base is there for
 # multilingual and accuracy-sensitive tests (select it with Transcribe(name="base")).
 # One torch thread: the test process and the server share two cores, and torch

@@ -2,7 +2,8 @@
 
 One :class:`AmanuensisServer` owns the shared engine (through the
 :class:`~wyoming_amanuensis.scheduler.Scheduler`, which runs it off the event
-loop), the VAD network, the precomputed ``info`` answer, telemetry and the
+loop), the VAD network, the precomputed ``info`` answer, telemetry, the names
+read from Home Assistant (:attr:`AmanuensisServer.home_names`) and the
 listening socket, and starts one :class:`~wyoming_amanuensis.connection.ConnectionHandler`
 per client (the protocol itself, with its error codes, is described there).
 :mod:`app` starts and stops the process.
@@ -21,6 +22,7 @@ from wyoming.server import AsyncServer
 
 from .config import Settings
 from .connection import ConnectionHandler
+from .home_assistant import HomeAssistantNames
 from .info import build_info
 from .pipeline import Engine
 from .request import Request
@@ -43,6 +45,7 @@ class AmanuensisServer:
                                    batch_size=settings.batch_decode_size if settings.batch_decoding else 1)
         self.info_event = build_info(engine, settings).event()
         self.vad = SileroVad() if settings.vad_enabled else None  # shared by every connection
+        self.names_source = HomeAssistantNames.from_settings(settings)  # None unless ha_url is set
         self.handlers: set[ConnectionHandler] = set()
         self.stopping = False
         self._wyoming: Optional[AsyncServer] = None
@@ -50,8 +53,10 @@ class AmanuensisServer:
 
     # ---------------------------------------------------------------- start
     async def start(self) -> None:
-        """Start the scheduler and listen on ``settings.uri`` (returns at once)."""
+        """Start the scheduler and the names source, listen on ``settings.uri`` (returns at once)."""
         await self.scheduler.start()
+        if self.names_source is not None:
+            await self.names_source.start()  # connects in the background; requests never wait for it
         uri = self.settings.uri
         if uri.startswith("stdio://"):
             self._stdio_task = asyncio.create_task(self._serve_stdio(), name="amanuensis stdio")
@@ -69,6 +74,13 @@ class AmanuensisServer:
         writer = asyncio.StreamWriter(transport, protocol, None, loop)
         handler = ConnectionHandler(reader, writer, self, finish_on_eof=True)
         await handler.run()
+
+    @property
+    def home_names(self) -> tuple[str, ...]:
+        """The names a speaker may say in this home, as last read from Home Assistant (places,
+        then entity names and aliases; de-duplicated). Empty when off or not read yet. A
+        snapshot: cheap to read per request, replaced whole when Home Assistant changes."""
+        return self.names_source.names.all() if self.names_source is not None else ()
 
     @property
     def address(self) -> Optional[tuple]:
@@ -108,6 +120,8 @@ class AmanuensisServer:
             if pending:
                 await asyncio.wait(pending, timeout=5)
         await self.scheduler.close()
+        if self.names_source is not None:
+            await self.names_source.stop()
         if self._stdio_task is not None and not self._stdio_task.done():
             self._stdio_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
