@@ -102,6 +102,7 @@ def test_manifest_has_the_required_keys_and_valid_values():
     assert all(RE_VOLUME.match(m) for m in CONFIG["map"])
     assert CONFIG["backup_exclude"] and all(isinstance(p, str) for p in CONFIG["backup_exclude"])
     assert "/dev/accel/accel0" in CONFIG["devices"]
+    assert CONFIG["homeassistant_api"] is True  # SUPERVISOR_TOKEN, for the names in the home
 
 
 def test_schema_types_are_ones_the_supervisor_knows():
@@ -191,9 +192,15 @@ sys.exit(int(codes[done]) if done < len(codes) else 0)
 """
 
 
+SUPERVISOR_TOKEN = "supervisor-token-for-this-addon"
+
+
 def run_addon_script(tmp_path: Path, script: Path, options: dict, mqtt: dict | None = None, *,
-                     exit_codes: tuple = (), discovery_fails: bool = False):
-    """Run an s6 script under the bashio stand-in; returns the result and the python3 calls."""
+                     exit_codes: tuple = (), discovery_fails: bool = False,
+                     supervisor_token: str | None = SUPERVISOR_TOKEN):
+    """Run an s6 script under the bashio stand-in; returns the result and the python3 calls.
+    The Supervisor's token is in the environment, as with-contenv gives it to every add-on
+    with homeassistant_api."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(PYTHON_STUB.format(python=sys.executable))
@@ -210,6 +217,8 @@ def run_addon_script(tmp_path: Path, script: Path, options: dict, mqtt: dict | N
         "STUB_CALLS": str(calls),
         "STUB_EXIT_CODES": " ".join(map(str, exit_codes)),
     }
+    if supervisor_token is not None:
+        env["SUPERVISOR_TOKEN"] = supervisor_token
     if mqtt is not None:
         env["BASHIO_STUB_MQTT"] = json.dumps(mqtt)
     if discovery_fails:
@@ -222,9 +231,9 @@ def run_addon_script(tmp_path: Path, script: Path, options: dict, mqtt: dict | N
 SUPERVISOR_MQTT = {"host": "core-mosquitto", "port": 1883, "ssl": False, "protocol": "3.1.1",
                    "username": "addons", "password": "supervisor-secret"}
 SERVER = ["-m", "wyoming_amanuensis", "--uri", "tcp://0.0.0.0:10300"]
-DEFAULT_ARGV = SERVER + ["--model", "base", "--beam-size", "1", "--encoder-backend", "auto",
+DEFAULT_ARGV = SERVER + ["--model", "base", "--beam-size", "1", "--beam-size-non-english", "5", "--encoder-backend", "auto",
                          "--max-utterance-s", "30", "--int8-decoder", "--no-word-timestamps",
-                         "--streaming", "--no-debug"]
+                         "--streaming", "--no-debug", "--ha-url", "ws://supervisor/core/websocket"]
 
 
 def default_argv_with(flag: str, value: str) -> list[str]:
@@ -238,13 +247,13 @@ RUN_CASES = {
     # The Supervisor's broker is there, but telemetry is off by default.
     "defaults": ({}, SUPERVISOR_MQTT, DEFAULT_ARGV, None),
     "custom model": (
-        {"model": "custom", "custom_model": "my-whisper", "language": "de", "beam_size": 5,
+        {"model": "custom", "custom_model": "my-whisper", "language": "de", "beam_size": 5, "beam_size_non_english": 3,
          "int8_decoder": False, "word_timestamps": True, "streaming": False,
          "max_utterance_seconds": 60, "debug_logging": True},
         None,
         SERVER + ["--model", "/config/models/my-whisper", "--language", "de", "--beam-size", "5",
-                  "--encoder-backend", "auto", "--max-utterance-s", "60", "--no-int8-decoder",
-                  "--word-timestamps", "--no-streaming", "--debug"],
+                  "--beam-size-non-english", "3", "--encoder-backend", "auto", "--max-utterance-s", "60", "--no-int8-decoder",
+                  "--word-timestamps", "--no-streaming", "--debug", "--ha-url", "ws://supervisor/core/websocket"],
         None,
     ),
     "custom model by path": (
@@ -254,6 +263,7 @@ RUN_CASES = {
         None,
     ),
     "server endpointing": ({"server_endpointing": True}, None, DEFAULT_ARGV + ["--vad-endpointing"], None),
+    "names from home assistant off": ({"home_names": False}, None, DEFAULT_ARGV[:-2], None),
     "npu backend": ({"encoder_backend": "npu"}, None, default_argv_with("--encoder-backend", "npu"), None),
     "mqtt from supervisor": (
         {"mqtt_telemetry": True},
@@ -295,10 +305,20 @@ def test_run_script_builds_the_server_command_line(tmp_path, options, mqtt, argv
     assert calls == [{"argv": argv, "mqtt_password": password}]
     if password:
         assert password not in result.stdout + result.stderr
-    # The server itself must accept that command line, password from the environment.
+    assert SUPERVISOR_TOKEN not in result.stdout + result.stderr
+    # The server itself must accept that command line, password and token from the environment.
     environ = {"WYO_AMANUENSIS_MQTT_PASSWORD": password} if password else {}
-    settings = load_settings(build_parser().parse_args(argv[2:]), environ=environ)
+    settings = load_settings(build_parser().parse_args(argv[2:]), environ={**environ, "SUPERVISOR_TOKEN": SUPERVISOR_TOKEN})
     assert settings.mqtt_password_value() == password
+    assert settings.ha_url == ("ws://supervisor/core/websocket" if "--ha-url" in argv else None)
+    assert settings.ha_token_value() == SUPERVISOR_TOKEN
+
+
+def test_run_script_without_a_supervisor_token_warns_and_serves_without_names(tmp_path):
+    result, calls = run_addon_script(tmp_path, RUN, CONFIG["options"], supervisor_token=None)
+    assert result.returncode == 0, result.stderr
+    assert calls == [{"argv": DEFAULT_ARGV[:-2], "mqtt_password": None}]
+    assert "they stay off" in result.stderr
 
 
 def test_run_script_without_a_broker_warns_and_serves_without_telemetry(tmp_path):

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.corpus import SHORT_COMMAND_S, clips, normalize, wer
+from whisper_normalizer.basic import BasicTextNormalizer
+
+from benchmarks.corpus import CORPUS_DIR, SHORT_COMMAND_S, clips, normalize, wer
+from benchmarks.home_names import home_names
 from wyoming_amanuensis.audio import pcm_to_16k, to_16k
 from wyoming_amanuensis.config import settings_from
 from wyoming_amanuensis.decoding import DecodeOptions, DecoderInputError, loop_start, max_tokens_for
@@ -213,11 +216,81 @@ def test_beam_search(engine):
     assert normalize(r.text) == normalize(CLIPS["s2p_gen_set_kitchen_lights_to_white"].reference)
 
 
-def test_prompt_is_used_and_harmless(engine):
-    r = engine.transcribe(audio("s2p_gen_what_is_the_ecobee_temperature"), 16000,
-                                Request(prompt="EcoBee, Kitchen, Bed Light", language="en"))
+def test_languages_other_than_english_get_a_beam_and_english_stays_greedy(engine):
+    """--beam-size-non-english (5) against --beam-size (1): decided by the language, given or detected."""
+    ru = clips(CORPUS_DIR.parent / "corpus_ml")
+    clip = next(c for c in ru if c.name == "ru_005")  # greedy hears "Выключен очную лампу"
+    samples = to_16k(*clip.read())[0]
+    reference = BasicTextNormalizer()(clip.reference)
+    greedy = engine.transcribe(samples, 16000, Request(language="ru", beam_size=1))
+    given = engine.transcribe(samples, 16000, Request(language="ru"))
+    detected = engine.transcribe(samples, 16000, Request())
+    assert BasicTextNormalizer()(greedy.text) != reference
+    assert BasicTextNormalizer()(given.text) == reference, given.text
+    # detected: the same search as an explicit beam of 5 (the prefix goes in two passes when the
+    # language is detected, so the int8 arithmetic, and a letter, may differ from "given")
+    assert detected.language == "ru"
+    assert detected.text == engine.transcribe(samples, 16000, Request(beam_size=5)).text
+    assert detected.text != engine.transcribe(samples, 16000, Request(beam_size=1)).text
+    english = engine.transcribe(audio("jfk"), 16000, Request(language="en"))
+    assert english.text == engine.transcribe(audio("jfk"), 16000, Request(language="en", beam_size=1)).text
+    assert english.text != engine.transcribe(audio("jfk"), 16000, Request(language="en", beam_size=5)).text
+
+
+# One home's names: every name a corpus command uses plus ~100 it does not (benchmarks/home_names.py).
+HOME = home_names([c.reference for c in CLIPS.values()])
+# Commands the model mishears without names ("bad light", "Blue Lighting", "standing lights",
+# "chocolate list") and reads as the home's names with them.
+MISHEARD_NAMES = ["s2p_gen_turn_bed_light_off", "s2p_rec_activate_mood_lighting", "s2p_rec_turn_on_standing_light",
+                  "s2p_rec_add_apples_to_my_shopping_list"]
+
+
+@pytest.mark.parametrize("name", MISHEARD_NAMES)
+def test_misheard_names_are_read_as_the_homes_names(engine, name):
+    reference = normalize(CLIPS[name].reference)
+    plain = engine.transcribe(audio(name), 16000, Request(language="en"))
+    named = engine.transcribe(audio(name), 16000, Request(language="en", names=HOME))
+    assert normalize(plain.text) != reference  # the model alone gets the name wrong
+    assert normalize(named.text) == reference, named.text
+    assert named.timings.names_ms > 0
+
+
+def test_names_that_were_not_said_do_not_appear(engine):
+    """Every short corpus command, with and without the home's names: a name is only ever
+    added where the reference has it (no false insertions on the whole corpus)."""
+    changed = []
+    for name, clip in CLIPS.items():
+        if clip.seconds > SHORT_COMMAND_S:
+            continue
+        plain = engine.transcribe(audio(name), 16000, Request(language="en")).text
+        named = engine.transcribe(audio(name), 16000, Request(language="en", names=HOME)).text
+        if named != plain:
+            changed.append(name)
+            said = f" {normalize(clip.reference)} "
+            for home_name in HOME:
+                key = f" {normalize(home_name)} "
+                if key in f" {normalize(named)} " and key not in f" {normalize(plain)} ":
+                    assert key in said, f"{name}: {home_name!r} inserted: {named!r}"
+    assert set(MISHEARD_NAMES) <= set(changed)
+
+
+def test_the_name_prompt_option(engine):
+    """--names-prompt (wyoming-faster-whisper's way) still works: the names go in the prompt."""
+    prompted = Engine(settings_from(model="base", encoder_backend="cpu", names_prompt=True), engine.models)
+    r = prompted.transcribe(audio("s2p_gen_what_is_the_ecobee_temperature"), 16000,
+                            Request(names=("Bed Light", "Kitchen", "EcoBee"), language="en"))
     assert normalize(r.text) == "what is the ecobee temperature"
     assert "EcoBee" in r.text  # the prompt's spelling wins over the model's "Ecobee"
+
+
+def test_name_boost_steers_decoding(engine):
+    """--names-boost: a bonus on the name trie's tokens reaches the search (a huge one forces a name)."""
+    forced = Engine(settings_from(model="base", encoder_backend="cpu", names_boost=40.0, names_snap=0.0),
+                    engine.models)
+    r = forced.transcribe(audio("s2p_gen_next_track"), 16000, Request(names=("Zanzibar Lamp",), language="en"))
+    assert "zanzibar" in normalize(r.text)
+    plain = engine.transcribe(audio("s2p_gen_next_track"), 16000, Request(names=("Zanzibar Lamp",), language="en"))
+    assert "zanzibar" not in normalize(plain.text)
 
 
 def test_word_timestamps(engine):

@@ -189,10 +189,31 @@ async def test_model_selected_by_name_and_language_normalised(amanuensis_server)
 
 
 async def test_transcript_names_bias_decoding(amanuensis_server):
-    clip = Clip("s2p_rec_what_s_the_temperature_of_the_ecobee")
-    event = await transcribe(amanuensis_server, clip, transcript_names=["Ecobee", "Kitchen"],
-                             transcript_terms=["temperature"])
-    assert "ecobee" in normalize(event.data["text"]), event.data["text"]
+    clip = Clip("s2p_gen_turn_bed_light_off")  # base alone hears "Turn bad light off."
+    plain = await transcribe(amanuensis_server, clip, name="base", language="en")
+    named = await transcribe(amanuensis_server, clip, name="base", language="en",
+                             transcript_names=["Bed Light", "Kitchen"], transcript_terms=["brightness"])
+    assert not same_words(plain.data["text"], clip.reference)
+    assert same_words(named.data["text"], clip.reference), named.data["text"]
+    assert named.data["timings"]["names_ms"] > 0
+
+
+async def test_a_huge_names_list_does_not_hold_up_other_clients(amanuensis_server):
+    """16,000 transcript_names (~300 KiB) once blocked the event loop for 3.7 s (a prompt built
+    quadratically on it): now they are cleaned in one bounded pass and the list is used off the loop."""
+    names = [f"Device number {i} in the house" for i in range(16_000)]
+    clip = Clip("s2p_gen_next_track")
+    async with client_for(amanuensis_server) as big, client_for(amanuensis_server) as probe:
+        await big.write_event(Transcribe(name="base", language="en", transcript_names=names).event())
+        t0 = time.monotonic()
+        await probe.write_event(Describe().event())
+        event = await read_event(probe, 5)
+        elapsed = time.monotonic() - t0
+        assert event is not None and Info.is_type(event.type)
+        assert elapsed < 1.0, f"describe took {elapsed:.2f} s"
+        await send_audio(big, clip)
+        events = await read_until(big, "transcript")
+    assert same_words(events[-1].data["text"], clip.reference), events[-1].data["text"]
 
 
 async def test_streaming_partials_while_audio_arrives_then_final(amanuensis_server):
@@ -333,6 +354,29 @@ async def test_audio_stop_with_no_audio_gives_empty_transcript(amanuensis_server
         await client.write_event(AudioStop().event())
         events = await read_until(client, "transcript")
         assert Transcript.from_event(events[-1]).text == ""
+    assert await served(amanuensis_server)
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+async def test_a_huge_low_rate_chunk_is_refused_before_it_is_converted(amanuensis_server):
+    """16 MiB of 1 kHz / 8-bit audio is 4.7 minutes: once converted to 16 kHz floats first
+    (+1 GB, a 2 s stall) and then refused; now its length is checked from the header first."""
+    pid = amanuensis_server.proc.pid
+    before = peak_rss_mib(pid)
+    async with client_for(amanuensis_server) as client, client_for(amanuensis_server) as probe:
+        await client.write_event(Transcribe().event())
+        await client.write_event(AudioStart(rate=1000, width=1, channels=1).event())
+        await client.write_event(AudioChunk(rate=1000, width=1, channels=1, audio=bytes(16 << 20)).event())
+        t0 = time.monotonic()
+        await probe.write_event(Describe().event())
+        assert Info.is_type((await read_event(probe, 5)).type)
+        assert time.monotonic() - t0 < 1.0
+        await expect_error(client, "audio-too-long")
+    assert peak_rss_mib(pid) - before < 200
     assert await served(amanuensis_server)
 
 

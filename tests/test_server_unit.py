@@ -61,7 +61,7 @@ class FakeEngine:
         self.gate.wait(30)
         time.sleep(self.delay)
         request = job.request
-        if request.prompt == "explode":
+        if "explode" in request.names:
             return TranscriptionError("unsupported-audio", "scripted failure")
         return Result(text=self.text(job.audio, request), language=request.language or "en",
                       timings=Timings(audio_ms=job.audio_ms, total_ms=5), audio_seconds=len(job.audio) / RATE,
@@ -292,12 +292,11 @@ def test_stabilizer_sends_agreed_words_once():
     assert Stabilizer().finish("Hello.") == "Hello."
 
 
-def test_build_prompt_orders_names_last_and_bounds_length():
-    assert build_prompt([], []) is None
-    assert build_prompt(["Ecobee", "Kitchen"], ["temperature"]) == "temperature, Ecobee, Kitchen"
-    assert build_prompt(["  Living   Room "], ["Living Room"]) == "Living Room"
-    long = build_prompt([f"Name {i}" for i in range(200)], [f"term {i}" for i in range(200)])
-    assert len(long) <= request_mod.MAX_PROMPT_CHARS and long.endswith("Name 199")
+def test_build_prompt_puts_the_first_names_nearest_the_speech_and_bounds_length():
+    assert build_prompt(()) is None
+    assert build_prompt(("Ecobee", "Kitchen", "temperature")) == "temperature, Kitchen, Ecobee"
+    long = build_prompt(tuple(f"Name {i}" for i in range(400)))
+    assert len(long) <= request_mod.MAX_PROMPT_CHARS and long.endswith("Name 0")
 
 
 # ---------------------------------------------------------------------------
@@ -320,7 +319,7 @@ async def test_info_and_transcript_extra_fields_and_telemetry():
     assert set(data) >= {"text", "language", "timings", "audio_seconds", "realtime_factor", "tokens",
                          "encoder_backend", "encoder_fallback", "model", "request_id"}
     request = engine.finals[0]
-    assert request.prompt == "thermostat, Ecobee" and request.language == "en" and request.model == "fake.en"
+    assert request.names == ("Ecobee", "thermostat") and request.language == "en" and request.model == "fake.en"
     assert h.outcomes == ["ok"]
     ev = h.telemetry.events[0]
     assert ev.request_id == data["request_id"] and ev.result.timings.as_dict() == data["timings"]

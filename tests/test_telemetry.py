@@ -197,7 +197,7 @@ async def test_request_message_fields_equal_the_results(broker, make_telemetry):
                 "model", "language"):
         assert message[key] == transcript_fields[key], key
     assert message["timings"] == {"audio_ms": 1.25, "mel_ms": 3.5, "encoder_ms": 210.125, "decoder_ms": 150.0,
-                                  "alignment_ms": 0.0, "total_ms": 370.75, "queue_ms": 12.5, "npu_ms": 0.0}
+                                  "alignment_ms": 0.0, "names_ms": 0.0, "total_ms": 370.75, "queue_ms": 12.5, "npu_ms": 0.0}
     assert message["request_id"] == "req-1" and message["outcome"] == "ok"
     assert message["queue_ms"] == 12.5 and message["latency_ms"] == 383.25
     assert "text" not in message  # privacy default

@@ -12,7 +12,7 @@ partial text stabilised by :mod:`streaming`.
 Per connection, in order::
 
     describe                      -> info (from the loop, never queued)
-    transcribe                    (name = model, language, transcript_names/terms -> prompt,
+    transcribe                    (name = model, language, transcript_names/terms + the home's names -> biasing,
                                    streaming opt-in: data "streaming": true or context {"streaming": true})
     audio-start, audio-chunk*     (any rate/width/channels; VAD, speculative finals, partial decodes)
     audio-stop                    -> [transcript-start, transcript-chunk*] transcript [transcript-stop]
@@ -230,7 +230,8 @@ class ConnectionHandler(AsyncEventHandler):
         engine = self.server.engine
         try:
             self._request = parse_transcribe(event.data, engine.model_languages(), engine.default_model,
-                                             streaming_offered=self.settings.streaming)
+                                             streaming_offered=self.settings.streaming,
+                                             home_names=self.server.home_names)
             self._rejected = False
         except BadRequest as err:
             self._request, self._rejected = Request(), True
@@ -258,8 +259,17 @@ class ConnectionHandler(AsyncEventHandler):
             return
         if utt.refused or utt.ended:
             return  # refused, or answered already (server endpointing): the rest is ignored
+        payload = event.payload or b""
         try:
-            audio = utt.converter.pcm(event.payload or b"", *audio_format(event.data))
+            rate, width, channels = audio_format(event.data)
+            # Checked before converting, from the header and the payload's length: conversion
+            # multiplies a low-rate chunk (16 MiB at 1 kHz / 8 bit is 256 s, 64 MB as 16 kHz floats).
+            room = utt.max_samples - utt.samples
+            frames = len(payload) // (width * channels)
+            over = frames * SAMPLE_RATE > (room + 1) * rate
+            if over:  # only what fits is converted (server endpointing answers it), if anything
+                payload = payload[:(room * rate // SAMPLE_RATE) * width * channels] if utt.endpoint_s is not None else b""
+            audio = utt.converter.pcm(payload, rate, width, channels)
         except (BadRequest, AudioFormatError) as err:
             await self._refuse(utt, "unsupported-audio" if isinstance(err, AudioFormatError) else "bad-request",
                                f"audio-chunk: {err}")
@@ -267,7 +277,7 @@ class ConnectionHandler(AsyncEventHandler):
         except Exception as err:  # noqa: BLE001 - a converter failure is this utterance's problem
             await self._refuse(utt, "unsupported-audio", f"audio-chunk: cannot convert audio: {err}")
             return
-        if utt.samples + audio.size > utt.max_samples:
+        if over or utt.samples + audio.size > utt.max_samples:
             if utt.endpoint_s is not None and utt.samples:
                 # The server ends commands here: one that never ends is cut at the limit and answered.
                 utt.add(audio[:utt.max_samples - utt.samples])

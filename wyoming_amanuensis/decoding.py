@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .biasing import NameBoost
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
 from .model.modules import N_CTX_AUDIO, TextDecoder
@@ -73,9 +74,13 @@ def max_tokens_for(audio_seconds: float) -> int:
 class DecodeOptions:
     language: Optional[str] = None  # None: detect (multilingual models)
     beam_size: int = 1
+    # Width for a language other than English, when it differs (decided once the language is
+    # known, detected or given); None = beam_size for every language.
+    beam_size_other: Optional[int] = None
     prompt_tokens: list[int] = field(default_factory=list)
     max_tokens: int = MAX_NEW_TOKENS
     record_alignment: bool = False  # keep cross-attention of the alignment heads (greedy only)
+    boost: Optional[NameBoost] = None  # bonuses toward the home's names (biasing.py)
     # Asked before each token: True = nobody wants this result any more (a withdrawn
     # speculation, a client that left); the search stops and its tokens are meaningless.
     stop: Optional[Callable[[], bool]] = None
@@ -102,6 +107,9 @@ class DecodeResult:
     # [heads, rows, 1500] cross-attention of the alignment heads, rows = predictor positions
     alignment_weights: Optional[torch.Tensor] = None
     looped: bool = False  # decoding was stopped in a repetition loop (repeats trimmed)
+    # Greedy only: the self-attention keys/values of prefix + tokens, [L, 2, 1, H, T, hd] (a view
+    # of the search's cache), so that comparing readings (``compare``) does not feed them again.
+    self_kv: Optional[torch.Tensor] = None
 
     @property
     def is_silence(self) -> bool:
@@ -256,9 +264,13 @@ class Decoder:
 
     @torch.inference_mode()
     def decode(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
-        if opts.beam_size > 1:
-            return self._beam(cross, opts)
-        return self._greedy([cross], [opts])[0]
+        cache = self.net.new_cache(1)
+        started = (cache, self._run_prefix(cross.kv, [opts], cache))
+        language = started[1][0][0]
+        beam = opts.beam_size if opts.beam_size_other is None or language == "en" else opts.beam_size_other
+        if beam > 1:
+            return self._beam(cross, opts, beam, started)
+        return self._greedy([cross], [opts], started)[0]
 
     @torch.inference_mode()
     def decode_batch(self, crosses: list[CrossAttention], opts: list[DecodeOptions]) -> list[DecodeResult]:
@@ -273,11 +285,14 @@ class Decoder:
                 results[i] = r
         return results  # type: ignore[return-value]
 
-    def _greedy(self, crosses: list[CrossAttention], opts: list[DecodeOptions]) -> list[DecodeResult]:
+    def _greedy(self, crosses: list[CrossAttention], opts: list[DecodeOptions], started=None) -> list[DecodeResult]:
+        """``started``: (cache, _run_prefix's answer) when the prefix was already fed."""
         batch = len(crosses)
         kv = self._stack(crosses)
-        cache = self.net.new_cache(batch)
-        languages, no_speech, prefixes, logits, w = self._run_prefix(kv, opts, cache)
+        if started is None:
+            cache = self.net.new_cache(batch)
+            started = (cache, self._run_prefix(kv, opts, cache))
+        cache, (languages, no_speech, prefixes, logits, w) = started
         record = [o.record_alignment for o in opts]
         rows = [[self._head_rows(w, b)[:, -1:]] if record[b] else [] for b in range(batch)]
         weight_layers = self.alignment_layers if any(record) else frozenset()
@@ -292,6 +307,10 @@ class Decoder:
             logp = torch.log_softmax(logits + suppress, dim=-1)
             suppress = self.suppress
             best = logp.argmax(dim=-1).tolist()
+            for b in range(batch):
+                # the bonus steers the choice; the text's log-probability (the silence rule) stays the model's
+                if active[b] and opts[b].boost is not None:
+                    best[b] = int(opts[b].boost.scores(logp[b], tokens[b]).argmax())
             for b in range(batch):
                 if active[b] and opts[b].stop is not None and opts[b].stop():
                     active[b] = False
@@ -332,20 +351,20 @@ class Decoder:
                 prefix=prefixes[b],
                 alignment_weights=torch.cat(rows[b], dim=1) if record[b] else None,
                 looped=looped[b],
+                self_kv=cache.kv[:, :, b:b + 1],
             )
             for b in range(batch)
         ]
 
-    def _beam(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
-        beam = opts.beam_size
-        cache = self.net.new_cache(1)
-        languages, no_speeches, prefixes, logits, _ = self._run_prefix(cross.kv, [opts], cache)
+    def _beam(self, cross: CrossAttention, opts: DecodeOptions, beam: int, started) -> DecodeResult:
+        cache, (languages, no_speeches, prefixes, logits, _) = started
         language, no_speech, prefix = languages[0], no_speeches[0], prefixes[0]
         kv = [(k.expand(beam, -1, -1, -1), v.expand(beam, -1, -1, -1), b) for k, v, b in cross.kv]
         limit = min(opts.max_tokens, self.model.dims.n_text_ctx - len(prefix) - 1)
         eot = self.tok.eot
         seqs: list[list[int]] = [[]]
-        scores = torch.zeros(1, device=self.device)
+        scores = torch.zeros(1, device=self.device)  # what ranks the beams: log-probability plus name bonuses
+        model_scores = torch.zeros(1, device=self.device)  # the model's own log-probability
         finished: list[tuple[float, list[int], float]] = []  # (normalised score, tokens, sum logprob)
         suppress = self.suppress_begin
         for step in range(limit):
@@ -353,17 +372,22 @@ class Decoder:
                 break
             logp = torch.log_softmax(logits + suppress, dim=-1)
             suppress = self.suppress
-            total = (scores[:, None] + logp).flatten()
+            ranked = logp if opts.boost is None else torch.stack(
+                [opts.boost.scores(logp[r], seq) for r, seq in enumerate(seqs)])
+            total = (scores[:, None] + ranked).flatten()
+            model_total = (model_scores[:, None] + logp).flatten()
             top = torch.topk(total, min(2 * beam, total.numel()))
-            new_seqs, new_scores, origins = [], [], []
+            new_seqs, new_scores, new_model, origins = [], [], [], []
             for score, flat in zip(top.values.tolist(), top.indices.tolist()):
                 src, token = divmod(flat, logp.shape[1])
+                own = float(model_total[flat])
                 if token == eot or step == limit - 1:
                     seq = seqs[src] + ([] if token == eot else [token])
-                    finished.append((score / (len(seq) + 1), seq, score))
+                    finished.append((score / (len(seq) + 1), seq, own))
                 else:
                     new_seqs.append(seqs[src] + [token])
                     new_scores.append(score)
+                    new_model.append(own)
                     origins.append(src)
                 if len(new_seqs) == beam:
                     break
@@ -371,16 +395,68 @@ class Decoder:
                 break
             seqs = new_seqs
             scores = torch.tensor(new_scores, device=self.device)
+            model_scores = torch.tensor(new_model, device=self.device)
             # the prefix row is shared at first; from then on each beam keeps its own cache row
             cache.reorder(torch.tensor(origins, device=self.device))
             step_kv = kv if len(seqs) == beam else [(k[:len(seqs)], v[:len(seqs)], b) for k, v, b in kv]
             hidden, _ = self.net(torch.tensor([[s[-1]] for s in seqs], device=self.device), cache, step_kv)
             logits = self._logits(hidden[:, -1])
         if not finished:
-            finished = [(s / (len(q) + 1), q, s) for s, q in zip(scores.tolist(), seqs)]
+            finished = [(s / (len(q) + 1), q, m) for s, q, m in zip(scores.tolist(), seqs, model_scores.tolist())]
         best = max(finished, key=lambda f: f[0])
         return DecodeResult(tokens=best[1], language=language, avg_logprob=best[2] / (len(best[1]) + 1),
                             no_speech_prob=no_speech, prefix=prefix)
+
+    @torch.inference_mode()
+    def compare(self, cross: CrossAttention, prefix: list[int], original: list[int],
+                alternatives: list[list[int]], decoded: Optional[DecodeResult] = None) -> list[float]:
+        """How much less (negative) or more likely each alternative token sequence is than
+        ``original`` over this audio, teacher-forced: for each, the log-probability of the
+        tokens where it differs plus the one after (the next word must still fit), minus the
+        original's over the same stretch. One batched pass that starts after the tokens all
+        share (taken from ``decoded``'s greedy cache where it holds them); the vocabulary
+        projection runs only where it is needed."""
+        rows = [original, *alternatives]
+        spans = []  # per row: [first, end) of the tokens that are scored
+        for alt in alternatives:
+            head = 0
+            while head < min(len(alt), len(original)) and alt[head] == original[head]:
+                head += 1
+            tail = 0
+            while tail < min(len(alt), len(original)) - head and alt[-1 - tail] == original[-1 - tail]:
+                tail += 1
+            spans.append(((head, len(alt) - tail + 1), (head, len(original) - tail + 1)))
+        shared = min(first for (first, _), _ in spans) if spans else 0
+        ends = [len(original) + 1] + [end for (_, end), _ in spans]
+        length = max(ends)
+        if len(prefix) + length > self.model.dims.n_text_ctx:
+            raise ValueError("sequence longer than the decoder's context")
+        eot = self.tok.eot
+        padded = [(r + [eot] * length)[:length] for r in rows]
+        n = len(rows)
+        # the last shared token predicts the first that may differ: it is fed (again) first
+        start = len(prefix) + shared - 1
+        cache = self.net.new_cache(n, max_len=len(prefix) + length)
+        if decoded is not None and decoded.self_kv is not None and decoded.prefix == prefix \
+                and decoded.tokens[:shared] == original[:shared]:
+            cache.kv[:, :, :, :, :start] = decoded.self_kv[:, :, :, :, :start]
+        else:
+            one = self.net.new_cache(1, max_len=len(prefix) + length)
+            self.net(torch.tensor([prefix + original[:shared]], device=self.device), one, cross.kv)
+            cache.kv[:, :, :, :, :start] = one.kv[:, :, :, :, :start]
+        kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), b) for k, v, b in cross.kv]
+        cache.length = start
+        hidden, _ = self.net(torch.tensor([[(prefix + original)[start]] + r[shared:] for r in padded],
+                                          device=self.device)[:, :length - shared], cache, kv)
+
+        def logprobs(row: int, first: int, end: int) -> float:
+            # hidden[:, i] predicts token shared + i of the row
+            want = padded[row][first:end]
+            logits = self._logits(hidden[row, first - shared:end - shared]) + self.suppress
+            return float(torch.log_softmax(logits, dim=-1)[torch.arange(len(want)), torch.tensor(want)].sum())
+
+        return [logprobs(r + 1, *alt_span) - logprobs(0, *orig_span)
+                for r, (alt_span, orig_span) in enumerate(spans)]
 
     @torch.inference_mode()
     def alignment_pass(self, cross: CrossAttention, result: DecodeResult) -> torch.Tensor:

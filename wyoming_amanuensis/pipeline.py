@@ -25,13 +25,14 @@ import torch
 
 from . import align
 from .audio import SAMPLE_RATE, AudioFormatError, to_16k
+from .biasing import choose, name_boost, readings
 from .config import Settings
 from .decoding import CrossAttention, DecodeOptions, DecodeResult, Decoder, max_tokens_for
 from .encoders import EncoderBackend, EncoderOutput, select_backend
 from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
 from .model.loader import WhisperModel, load_model
 from .model.silence import SilenceContext
-from .request import Job, Request
+from .request import Job, Request, build_prompt
 from .result import Result, Timings
 
 _LOG = logging.getLogger(__name__)
@@ -165,9 +166,10 @@ class Engine:
             pending = [w for w in live if w.result is None and not w.job.withdrawn]
             for name in {w.loaded.model.name for w in pending}:
                 group = [w for w in pending if w.loaded.model.name == name]
-                greedy = [w for w in group if w.options.beam_size == 1]
+                # a batch is greedy throughout; a request whose width waits on its language goes alone
+                greedy = [w for w in group if w.options.beam_size == 1 and w.options.beam_size_other is None]
                 for w in group:
-                    if w.options.beam_size > 1:
+                    if w not in greedy:
                         self._decode([w])
                 for k in range(0, len(greedy), self.settings.batch_decode_size):
                     self._decode(greedy[k:k + self.settings.batch_decode_size])
@@ -186,16 +188,38 @@ class Engine:
                                      f"utterance of {seconds:.1f} s exceeds the maximum of {self.settings.max_utterance_s:g} s")
         want_words = self.settings.word_timestamps if request.word_timestamps is None else request.word_timestamps
         want_words = bool(want_words) and not request.partial
-        beam = 1 if request.partial else (request.beam_size or self.settings.beam_size)
+        beam, other = self._beam_widths(request, loaded.model.tokenizer.multilingual)
         tokenizer = loaded.model.tokenizer
-        prompt = tokenizer.encode(" " + request.prompt.strip()) if request.prompt and request.prompt.strip() else []
+        prompt_text = build_prompt(request.names) if self.settings.names_prompt else None
+        prompt = tokenizer.encode(" " + prompt_text) if prompt_text else []
+        boost = name_boost(tokenizer, request.names, self.settings.names_boost, loaded.model.dims.n_vocab,
+                           loaded.decoder.device)
         options = DecodeOptions(language=request.language or self.settings.language, beam_size=beam,
-                                prompt_tokens=prompt, max_tokens=max_tokens_for(seconds),
-                                record_alignment=want_words and self.settings.fast_alignment and beam == 1,
+                                beam_size_other=other,
+                                prompt_tokens=prompt, boost=boost, max_tokens=max_tokens_for(seconds),
+                                record_alignment=want_words and self.settings.fast_alignment and beam == 1
+                                and other is None,
                                 stop=lambda: job.withdrawn)
         timings = Timings(audio_ms=job.audio_ms, queue_ms=max(0.0, (start - job.submitted) * 1000.0))
         return _Work(job=job, loaded=loaded, audio=job.audio, seconds=seconds, options=options, want_words=want_words,
                      timings=timings, t0=start)
+
+    def _beam_widths(self, request: Request, multilingual: bool) -> tuple[int, Optional[int]]:
+        """(width, width for a language other than English or None when it is the same).
+        English is decoded greedily and other languages with a beam by default
+        (--beam-size-non-english, chosen by benchmarks/bench_accuracy.py); a request's own
+        width, a partial (always greedy) or a known language settles it now."""
+        if request.partial:
+            return 1, None
+        if request.beam_size:
+            return request.beam_size, None
+        beam, other = self.settings.beam_size, self.settings.beam_size_non_english
+        language = request.language or self.settings.language
+        if not multilingual or other == beam:
+            return beam, None
+        if language is not None:
+            return (beam if language == "en" else other), None
+        return beam, other
 
     def _window_frames(self, n_samples: int) -> int:
         """Mel frames to encode: the speech plus a margin (fast path) or the whole 30 s window."""
@@ -251,9 +275,29 @@ class Engine:
                             weights = w.loaded.decoder.alignment_pass(w.cross, dec)
                         positions = min(int(math.ceil(w.seconds * FRAMES_PER_SECOND / 2)), weights.shape[-1])
                         words = align.word_timestamps(weights, dec.tokens, model.tokenizer, positions, dec.language)
-                w.result = self._result(w, model.tokenizer.decode(dec.tokens).strip(), dec.language, words=words)
+                text = model.tokenizer.decode(dec.tokens).strip()
+                if w.job.request.names and self.settings.names_snap > 0 and not w.job.request.partial:
+                    with _stage(w.timings, "names"):
+                        text = self._snap_names(w, text)
+                w.result = self._result(w, text, dec.language, words=words)
         w.timings.total_ms = w.timings.audio_ms + (time.perf_counter() - w.t0) * 1000.0
         return w.result
+
+    def _snap_names(self, w: "_Work", text: str) -> str:
+        """Names stage: the transcript with a run of words read as a known name
+        (biasing.readings) when the model, teacher-forced over this audio, finds that
+        reading nearly as likely as its own (--names-snap-margin)."""
+        alternatives = readings(text, w.job.request.names, self.settings.names_snap)
+        if not alternatives:
+            return text
+        tok = w.loaded.model.tokenizer
+        try:
+            deltas = w.loaded.decoder.compare(w.cross, w.dec.prefix, tok.encode(" " + text),
+                                              [tok.encode(" " + r.text) for r in alternatives], decoded=w.dec)
+        except ValueError:  # too long for the decoder's context: keep the words as decoded
+            return text
+        chosen = choose(alternatives, deltas, self.settings.names_snap_margin)
+        return chosen.text if chosen else text
 
     @staticmethod
     def _result(w: "_Work", text: str, language: Optional[str], words) -> Result:

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from .audio import check_format
+from .biasing import clean_names
 
 # The program name Home Assistant may send as the transcribe event's model name.
 PROGRAM_NAME = "amanuensis"
@@ -25,8 +26,7 @@ PROGRAM_NAME = "amanuensis"
 # with --vad-endpointing the server ends a command after the same silence Home Assistant would wait.
 ENDPOINT_SILENCE_S = {"default": 0.7, "relaxed": 1.25, "aggressive": 0.25}
 
-# Prompt built from transcript_names/terms: Whisper keeps the last ~223 prompt
-# tokens, so keep it short, with names (higher priority) nearest the speech.
+# With --names-prompt: Whisper keeps the last ~223 prompt tokens, so keep it short.
 MAX_PROMPT_CHARS = 600
 
 
@@ -44,7 +44,9 @@ class Request:
 
     model: Optional[str] = None  # a loaded model's name; None = the default model
     language: Optional[str] = None  # None = the configured language, else auto-detect
-    prompt: Optional[str] = None  # words to bias toward (names, terms)
+    # Names and terms to bias toward (biasing.py): the request's transcript_names and
+    # transcript_terms, then the names read from Home Assistant; cleaned, bounded, unique.
+    names: tuple[str, ...] = ()
     beam_size: Optional[int] = None
     word_timestamps: Optional[bool] = None
     streaming: bool = False  # the client asked for transcript-chunk events
@@ -104,21 +106,18 @@ def audio_format(data: Mapping[str, Any]) -> tuple[int, int, int]:
     return fmt
 
 
-def build_prompt(names: list[str], terms: list[str]) -> Optional[str]:
-    """Names and terms as a decoding prompt. Whisper attends most to the tokens
-    nearest the speech and keeps only the last ~223 prompt tokens, so terms come
-    first and names (higher priority) last; the oldest items go when too long."""
-    items: list[str] = []
-    for item in [*terms, *names]:
-        item = " ".join(item.split())
-        if item and item not in items:
-            items.append(item)
-        elif item in items:  # keep the later (higher-priority) position
-            items.remove(item)
-            items.append(item)
-    while items and len(", ".join(items)) > MAX_PROMPT_CHARS:
-        items.pop(0)
-    return ", ".join(items) or None
+def build_prompt(names: tuple[str, ...]) -> Optional[str]:
+    """Names as a Whisper prompt (``--names-prompt``). Whisper attends most to the
+    tokens nearest the speech, so the first names (the request's own, the most
+    specific) go last; names that do not fit in MAX_PROMPT_CHARS are left out."""
+    kept: list[str] = []
+    size = 0
+    for name in names:
+        if size + len(name) + 2 > MAX_PROMPT_CHARS:
+            break
+        kept.append(name)
+        size += len(name) + 2
+    return ", ".join(reversed(kept)) or None
 
 
 def normalise_language(language: Optional[str], known: list[str]) -> Optional[str]:
@@ -141,11 +140,13 @@ def wants_streaming(data: Mapping[str, Any]) -> bool:
 
 
 def parse_transcribe(data: Mapping[str, Any], models: Mapping[str, list[str]], default_model: str, *,
-                     streaming_offered: bool) -> Request:
+                     streaming_offered: bool, home_names: tuple[str, ...] = ()) -> Request:
     """A ``transcribe`` event's data -> Request, or BadRequest (code bad-request or unknown-model).
 
     ``models``: each loaded model's languages. The program's own name (or no
-    name) means the default model.
+    name) means the default model. ``home_names``: the names read from Home
+    Assistant, after the request's own. Linear in the lists and bounded
+    (``biasing.MAX_NAMES``): this runs on the event loop.
     """
     model = _str(data, "name")
     language = _str(data, "language")
@@ -163,7 +164,7 @@ def parse_transcribe(data: Mapping[str, Any], models: Mapping[str, list[str]], d
     return Request(
         model=model,
         language=normalise_language(language, models[model or default_model]),
-        prompt=build_prompt(names, terms),
+        names=clean_names([*names, *terms, *home_names]),
         streaming=wants_streaming(data) and streaming_offered,
         vad_sensitivity=sensitivity,
     )

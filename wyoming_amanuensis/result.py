@@ -21,6 +21,7 @@ class Timings:
     encoder_ms: float = 0.0
     decoder_ms: float = 0.0
     alignment_ms: float = 0.0
+    names_ms: float = 0.0  # reading near-miss words as the home's names (biasing.py)
     total_ms: float = 0.0
     # Time the request waited for the engine: from Job.submitted to the start of its run.
     queue_ms: float = 0.0
