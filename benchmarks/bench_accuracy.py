@@ -1,0 +1,411 @@
+"""Accuracy per language against faster-whisper, and which part of our pipeline costs it (issue 11).
+
+    .venv/bin/python -m benchmarks.bench_accuracy [--systems a,b,...] [--languages fr,nl,en] [--corpus ml,en]
+                                                  [--modes given,auto] [--limit N] [--json FILE]
+                                                  [--names [CONFIG,...] | --no-names]
+
+Every clip of corpus_ml/ (11 languages) and corpus/ (English) is transcribed twice, with its
+language given and with it auto-detected, by each system in its own child process (one
+warm-up clip, then all items; CTranslate2's spinning OpenMP threads would otherwise slow
+torch down, see bench_engine). Systems: ``amanuensis`` as the server runs it (the VAD-trimmed
+window, see bench_trim), variants that each undo one suspected cause (greedy search, the short
+window, the int8 decoder, the trim) and their combinations, and faster-whisper on the same
+bundled base weights, int8, beam 5 (wyoming-faster-whisper's reference setting) and beam 1.
+``--systems`` also takes ad hoc ``NAME:option=value,...`` Amanuensis variants (config.py names).
+
+Printed per language and pooled: WER, CER, exact commands (normalised hypothesis == normalised
+reference) and, in auto mode, the language-ID rate; then median compute ms per clip (English:
+short commands only) with its ratio to faster-whisper beam 5. Text is normalised with Whisper's
+English normaliser for corpus/ (benchmarks.corpus.normalize) and its basic one (case, punctuation)
+elsewhere. The corpus_ml references write numbers as digits where a transcript may spell them
+out: the basic normaliser does not fold them, so those clips cost every system alike; compare
+systems side by side, and see the "no-digit" column for the WER without them.
+--limit N keeps the first N clips of each language.
+
+Names table (issue 11; ``--names`` runs only it, a run with English ends with it unless ``--no-names``):
+every short English command carries one home's names list (benchmarks/home_names.py: the names the
+commands use plus ~100 others) as the request's names, under names-none (no names), names-prompt
+(names in Whisper's prompt, wyoming-faster-whisper's way), names-boost (token-trie bonus), names-snap
+(the defaults) and faster-whisper beam 5 without and with the names as initial_prompt (what
+wyoming-faster-whisper 3.8.1 does). Printed: exact commands with and without a name, WER, false
+insertions (a home name in the hypothesis but not the reference), compute ms, mean names_ms, and the
+mean-latency cost against the names-free row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import jiwer
+from whisper_normalizer.basic import BasicTextNormalizer
+
+from benchmarks.bench_engine import materialise_model, parse_variant
+from benchmarks.corpus import CORPUS_DIR, SHORT_COMMAND_S, clips, normalize
+from benchmarks.home_names import home_names, names_in
+
+ML_DIR = CORPUS_DIR.parent / "corpus_ml"
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = "fw-beam5"  # what every latency and the acceptance columns compare against
+
+# name -> how to build it. Amanuensis entries: config overrides, and whether the window is trimmed
+# by the VAD as the server does (the Engine itself never trims; utterance.py does).
+SYSTEMS: dict[str, dict] = {
+    "amanuensis": {"kind": "amanuensis", "settings": {}, "trim": True},
+    "am-notrim": {"kind": "amanuensis", "settings": {}, "trim": False},
+    "am-beam5": {"kind": "amanuensis", "settings": {"beam_size": 5}, "trim": True},
+    "am-full": {"kind": "amanuensis", "settings": {"fast_decoder": False}, "trim": True},
+    "am-float": {"kind": "amanuensis", "settings": {"int8_decoder": False}, "trim": True},
+    "am-float-beam5": {"kind": "amanuensis", "settings": {"int8_decoder": False, "beam_size": 5}, "trim": True},
+    "am-full-float": {"kind": "amanuensis", "settings": {"fast_decoder": False, "int8_decoder": False}, "trim": True},
+    "am-full-float-beam5": {"kind": "amanuensis", "trim": True,
+                            "settings": {"fast_decoder": False, "int8_decoder": False, "beam_size": 5}},
+    "fw-beam5": {"kind": "faster-whisper", "beam": 5, "compute": "int8"},
+    "fw-beam1": {"kind": "faster-whisper", "beam": 1, "compute": "int8"},
+    # faster-whisper decoded as we decode (no timestamp tokens, no temperature fallback): not run by
+    # default; it tells whether what is left between am-full-float-beam5 and fw-beam5 is those two
+    "fw-beam5-plain": {"kind": "faster-whisper", "beam": 5, "compute": "int8",
+                       "options": {"without_timestamps": True, "temperature": 0.0}},
+}
+
+# English figures of RESULTS.md's issue 9 re-check (bench_engine, language en, untrimmed clean
+# clips, median ms over short commands): the same configuration as am-notrim / fw-beam5 here.
+RESULTS_EN = {"am-notrim": ("amanuensis", 6.6, 104.0), "fw-beam5": ("faster-whisper int8 beam5", 5.6, 886.0)}
+
+
+# ------------------------------------------------------------------ clips
+def load_items(corpora: list[str], languages: Optional[set], limit: int, modes: list[str]) -> list[dict]:
+    """Work items: one clip with the request options of one mode. ``options`` are Request fields
+    (language here; a second table, e.g. names per clip, builds its own items with more)."""
+    base = []
+    for corpus in corpora:
+        for c in clips(ML_DIR if corpus == "ml" else CORPUS_DIR):
+            # corpus_ml names are <prefix>_<nnn>; pt_PT is Whisper's pt
+            lang = c.name.split("_")[0] if corpus == "ml" else "en"
+            if languages and lang not in languages:
+                continue
+            if limit and sum(b["lang"] == lang for b in base) >= limit:
+                continue
+            base.append({"clip": c.name, "path": str(c.path), "ref": c.reference, "lang": lang, "corpus": corpus,
+                         "short": c.seconds <= SHORT_COMMAND_S})
+    return [{**b, "mode": mode, "options": {"language": b["lang"] if mode == "given" else None}}
+            for mode in modes for b in base]
+
+
+# ------------------------------------------------------------------ child: one system over items
+def run_system(name: str, spec: dict, items: list[dict], threads: int, model: str = "base") -> list[dict]:
+    """Run one system in a fresh process over ``items`` (each with ``path`` and ``options``);
+    returns per item {"text", "language" (given or detected), "ms" (compute wall time), "names_ms"}."""
+    payload = json.dumps({"name": name, "spec": spec, "threads": threads, "model": model,
+                          "items": [{"path": i["path"], "options": i["options"]} for i in items]})
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_accuracy", "--child"], input=payload,
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _amanuensis(spec: dict, threads: int, model: str):
+    from wyoming_amanuensis.config import settings_from
+    from wyoming_amanuensis.pipeline import Engine
+    from wyoming_amanuensis.request import Request
+    from wyoming_amanuensis.vad import SileroVad, SpeechTracker
+
+    engine = Engine.load(settings_from(model=model, encoder_backend="cpu", threads=threads, **spec["settings"]))
+    vad = SileroVad() if spec.get("trim") else None
+
+    def window(audio):
+        """The server's trim (Utterance.window): from the start to 0.5 s after the last speech. It runs
+        while the audio streams in, so it is done here before the clock starts."""
+        if vad is None:
+            return audio
+        tracker = SpeechTracker(vad, engine.settings.vad_threshold)
+        for k in range(0, len(audio), 1024):  # in a satellite's chunks, as the server is fed
+            tracker.feed(audio[k:k + 1024])
+        if tracker.speech is None:
+            return audio
+        return audio[:tracker.speech.end + int(engine.settings.vad_pad_after_s * 16000)]
+
+    def run(audio, options: dict):
+        # options are Request fields as the server would fill them (language; a names table adds its own)
+        r = engine.transcribe(audio, 16000, Request(**{k: tuple(v) if isinstance(v, list) else v
+                                                       for k, v in options.items()}))
+        return r.text, r.language, r.timings.names_ms
+
+    return window, run
+
+
+def _faster_whisper(spec: dict, threads: int, model: str, tmp: Path):
+    from faster_whisper import WhisperModel
+
+    fw = WhisperModel(str(materialise_model(model, tmp / model)), device="cpu", compute_type=spec["compute"],
+                      cpu_threads=threads)
+
+    def run(audio, options: dict):
+        # names -> initial_prompt, as wyoming-faster-whisper 3.8.1 does; other request options are not mapped
+        segments, info = fw.transcribe(audio, beam_size=spec["beam"], language=options.get("language"),
+                                       initial_prompt=", ".join(options.get("names") or ()) or None,
+                                       **spec.get("options", {}))
+        # the generator decodes: consume it here
+        return " ".join(s.text for s in segments).strip(), info.language, 0.0
+
+    return (lambda audio: audio), run
+
+
+def child_main() -> None:
+    from wyoming_amanuensis.audio import to_16k
+    import soundfile as sf
+
+    job = json.loads(sys.stdin.read())
+    spec, threads, model = job["spec"], job["threads"], job["model"]
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec["kind"] == "amanuensis":
+            window, run = _amanuensis(spec, threads, model)
+        else:
+            window, run = _faster_whisper(spec, threads, model, Path(tmp))
+        audio = [window(to_16k(*sf.read(i["path"], dtype="float32"))[0]) for i in job["items"]]
+        run(audio[0], job["items"][0]["options"])  # warm-up: first-call allocations are not what a user waits for
+        out = []
+        for a, item in zip(audio, job["items"]):
+            t0 = time.perf_counter()
+            text, lang, names_ms = run(a, item["options"])
+            out.append({"text": text, "language": lang, "ms": (time.perf_counter() - t0) * 1000.0,
+                        "names_ms": names_ms})
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------ scoring
+_BASIC = BasicTextNormalizer()
+
+
+def norm(text: str, lang: str) -> str:
+    # split/join: the basic normaliser leaves a space where trailing punctuation was, which would
+    # fail an exact match that WER (split on whitespace) does not see
+    return " ".join((normalize(text) if lang == "en" else _BASIC(text)).split())
+
+
+def score(items: list[dict], recs: list[dict]) -> dict:
+    """Pooled WER/CER (errors over all reference words/characters), exact-command and language-ID rates."""
+    pairs = [(norm(i["ref"], i["lang"]), norm(r["text"], i["lang"]), i, r) for i, r in zip(items, recs)]
+    pairs = [p for p in pairs if p[0]]
+    if not pairs:
+        return {}
+    refs, hyps = [p[0] for p in pairs], [p[1] for p in pairs]
+    plain = [(r, h) for r, h, i, _ in pairs if not any(ch.isdigit() for ch in i["ref"])]
+    return {"n": len(pairs), "wer": 100 * jiwer.wer(refs, hyps), "cer": 100 * jiwer.cer(refs, hyps),
+            "wer_nodigit": 100 * jiwer.wer(*map(list, zip(*plain))) if plain else float("nan"),
+            "exact": 100 * sum(r == h for r, h in zip(refs, hyps)) / len(pairs),
+            "langid": 100 * sum(r["language"] == i["lang"] for _, _, i, r in pairs) / len(pairs)}
+
+
+def median_ms(items: list[dict], recs: list[dict]) -> float:
+    # only short commands: what Home Assistant sends, and what the latency claims are about
+    ms = [r["ms"] for i, r in zip(items, recs) if i["short"]]
+    return statistics.median(ms) if ms else float("nan")
+
+
+# ------------------------------------------------------------------ report
+def table(head: list[str], rows: list[list]) -> None:
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(f"{x:.1f}" if isinstance(x, float) else str(x) for x in r) + " |")
+
+
+def report(items: list[dict], results: dict[str, list[dict]], modes: list[str]) -> dict:
+    """Prints the tables; returns the scores (system -> mode -> group -> metrics) for --json."""
+    langs = sorted({i["lang"] for i in items if i["corpus"] == "ml"})
+    groups = {lg: lambda i, lg=lg: i["lang"] == lg and i["corpus"] == "ml" for lg in langs}
+    if langs:
+        groups["ml"] = lambda i: i["corpus"] == "ml"
+    if any(i["corpus"] == "en" for i in items):
+        groups["en"] = lambda i: i["corpus"] == "en"
+    scores: dict = {}
+    for name, recs in results.items():
+        for mode in modes:
+            sel = [(i, r) for i, r in zip(items, recs) if i["mode"] == mode]
+            scores.setdefault(name, {})[mode] = {}
+            for g, f in groups.items():
+                its, rs = [i for i, _ in sel if f(i)], [r for i, r in sel if f(i)]
+                if its:
+                    scores[name][mode][g] = {**score(its, rs), "ms": median_ms(its, rs)}
+    n = {g: sum(f(i) for i in items if i["mode"] == modes[0]) for g, f in groups.items()}
+    head = [f"{g} ({n[g]})" for g in groups]
+    metrics = [("wer", "WER %"), ("cer", "CER %"), ("exact", "exact commands %")]
+    for key, title in metrics + [("langid", "language ID % (auto)")]:
+        for mode in modes:
+            if key == "langid" and mode != "auto":
+                continue  # with the language given, the "detected" language is the given one
+            print(f"\n### {title}, language {mode}")
+            table(["system"] + head, [[name] + [scores[name][mode].get(g, {}).get(key, "") for g in groups]
+                                      for name in results])
+    ref = scores.get(REFERENCE, {})
+    for mode in modes:
+        print(f"\n### Summary, language {mode}: pooled scores, median compute ms per clip (English: short "
+              f"commands), ratio to {REFERENCE}; 'langs ok' = languages within +1 WER point of {REFERENCE}")
+        rows = []
+        for name in results:
+            s = scores[name][mode]
+            row = [name]
+            for g in ("ml", "en"):
+                keys = ["wer"] + (["wer_nodigit"] if g == "ml" else []) + ["cer", "exact", "langid", "ms"]
+                row += [s[g][k] if g in s and (k != "langid" or mode == "auto") else "" for k in keys]
+                r = ref.get(mode, {}).get(g)
+                row.append(f"{s[g]['ms'] / r['ms']:.3f}" if g in s and r else "")
+            ok = [lg for lg in langs if mode in ref and
+                  s[lg]["wer"] <= ref[mode][lg]["wer"] + 1.0 and (mode != "auto" or s[lg]["langid"] >= ref[mode][lg]["langid"])]
+            rows.append(row + [f"{len(ok)}/{len(langs)}"])
+        table(["system", "ml WER", "ml WER no-digit", "ml CER", "ml exact", "ml langID", "ml ms", "ml ms ratio",
+               "en WER", "en CER", "en exact", "en langID", "en ms", "en ms ratio", "langs ok"], rows)
+    if "given" in modes:
+        for name, (label, wer_then, ms_then) in RESULTS_EN.items():
+            s = scores.get(name, {}).get("given", {}).get("en")
+            if s:
+                print(f"\n{name} vs RESULTS.md issue 9 ({label}): English WER {s['wer']:.1f} % (then {wer_then} %), "
+                      f"median {s['ms']:.0f} ms (then {ms_then:.0f}): ratio {s['ms'] / ms_then:.2f}")
+    if "auto" in modes:
+        print("\n### Wrong languages detected (auto): expected->detected x count")
+        for name, recs in results.items():
+            wrong = Counter(f"{i['lang']}->{r['language']}" for i, r in zip(items, recs)
+                            if i["mode"] == "auto" and r["language"] != i["lang"])
+            print(f"- {name}: " + (", ".join(f"{k} x{v}" for k, v in wrong.most_common()) or "none"))
+    return scores
+
+
+# ------------------------------------------------------------------ names table
+# One home's names list (home_names.py) sent with every English short command. "names": whether the
+# requests carry it (faster-whisper: as initial_prompt); "base": the names-free row its latency cost is against.
+NAMES_SYSTEMS: dict[str, dict] = {
+    "names-none": {"kind": "amanuensis", "settings": {}, "trim": True, "names": False, "base": "names-none"},
+    "names-prompt": {"kind": "amanuensis", "trim": True, "names": True, "base": "names-none",  # wyoming-faster-whisper's way
+                     "settings": {"names_prompt": True, "names_snap": 0.0, "names_boost": 0.0}},
+    "names-boost": {"kind": "amanuensis", "settings": {"names_boost": 2.0, "names_snap": 0.0}, "trim": True,
+                    "names": True, "base": "names-none"},
+    "names-snap": {"kind": "amanuensis", "settings": {}, "trim": True, "names": True, "base": "names-none"},  # defaults
+    "fw-beam5": {**SYSTEMS["fw-beam5"], "names": False, "base": "fw-beam5"},
+    "fw-beam5-prompt": {**SYSTEMS["fw-beam5"], "names": True, "base": "fw-beam5"},
+}
+
+
+def run_names(systems: list[str], threads: int, path: Optional[Path], data: dict) -> dict:
+    """Runs the names table and prints it; returns {"names", "items", "systems", "results", "scores"},
+    saved under data["names"] to ``path`` after each configuration."""
+    short = [c for c in clips(CORPUS_DIR) if c.seconds <= SHORT_COMMAND_S]
+    names = home_names([c.reference for c in short])
+    items = [{"clip": c.name, "path": str(c.path), "ref": c.reference, "lang": "en", "corpus": "en", "short": True,
+              "named": bool(names_in(c.reference))} for c in short]
+    specs = {s: NAMES_SYSTEMS[s] for s in systems}
+    print(f"names table: {len(items)} short English commands ({sum(i['named'] for i in items)} with a name), "
+          f"{len(names)} names, {threads} threads", flush=True)
+    out = {"names": names, "items": items, "systems": specs, "results": {}, "scores": {}}
+    for name, spec in specs.items():
+        t1 = time.perf_counter()
+        opts = {"language": "en", "names": list(names) if spec["names"] else []}
+        out["results"][name] = run_system(name, spec, [{**i, "options": opts} for i in items], threads)
+        print(f"  {name}: {time.perf_counter() - t1:.0f} s", flush=True)
+        save(path, {**data, "names": out})
+    out["scores"] = names_report(out)
+    return out
+
+
+def names_report(run: dict) -> dict:
+    """Exact commands with and without a name, WER, false name insertions, compute ms and its cost."""
+    items, scores = run["items"], {}
+    keys = {n: re.compile(rf"\b{re.escape(n)}\b") for n in filter(None, (norm(n, "en") for n in run["names"]))}
+    refs = [norm(i["ref"], "en") for i in items]
+    for name, recs in run["results"].items():
+        hyps = [norm(r["text"], "en") for r in recs]
+        ok = [(i["named"], r == h) for i, r, h in zip(items, refs, hyps)]
+        ms = [r["ms"] for r in recs]
+        scores[name] = {"exact_named": 100 * statistics.mean(e for n, e in ok if n),
+                        "exact_other": 100 * statistics.mean(e for n, e in ok if not n),
+                        "wer": 100 * jiwer.wer(refs, hyps),
+                        "false_insertions": sum(bool(k.search(h)) and not k.search(r)
+                                                for r, h in zip(refs, hyps) for k in keys.values()),
+                        "median_ms": statistics.median(ms), "mean_ms": statistics.mean(ms),
+                        "names_ms": statistics.mean(r.get("names_ms", 0.0) for r in recs)}
+    for name, s in scores.items():
+        base = scores.get(run["systems"][name]["base"])
+        s["cost_pct"] = 100 * (s["mean_ms"] / base["mean_ms"] - 1) if base else float("nan")
+    n = sum(i["named"] for i in items)
+    print(f"\n### Names table: {len(items)} short English commands, {len(run['names'])} home names in every request "
+          f"(none for names-none, fw-beam5); compute ms per clip, cost = mean ms vs the names-free row")
+    table(["config", f"exact with name % ({n})", f"exact others % ({len(items) - n})", "WER %", "false insertions",
+           "median ms", "mean ms", "mean names_ms", "cost %"],
+          [[name, s["exact_named"], s["exact_other"], s["wer"], s["false_insertions"], s["median_ms"], s["mean_ms"],
+            f"{s['names_ms']:.2f}", f"{s['cost_pct']:+.1f}"] for name, s in scores.items()])
+    return scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "fw-beam5-plain"),
+                    help="comma-separated names from the table, or NAME:option=value;... Amanuensis variants")
+    ap.add_argument("--languages", default="", help="only these language codes (en = corpus/)")
+    ap.add_argument("--corpus", default="ml,en", help="ml (corpus_ml/), en (corpus/) or both")
+    ap.add_argument("--modes", default="given,auto", help="language given, auto-detected, or both")
+    ap.add_argument("--limit", type=int, default=0, help="first N clips of each language (0 = all)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="write every transcript and score here")
+    ap.add_argument("--report", type=Path, help="print the tables of an earlier --json file, run nothing")
+    ap.add_argument("--names", nargs="?", const=",".join(NAMES_SYSTEMS),
+                    help="run only the names table (optionally only these of its configurations)")
+    ap.add_argument("--no-names", action="store_true", help="leave the names table out of a run with English")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child_main()
+    if args.report:
+        saved = json.loads(args.report.read_text(encoding="utf-8"))
+        if "items" in saved:
+            report(saved["items"], saved["results"], list(dict.fromkeys(i["mode"] for i in saved["items"])))
+        if "names" in saved:
+            names_report(saved["names"])
+        return
+    if args.names:
+        t0 = time.perf_counter()
+        save(args.json, {"names": run_names(args.names.split(","), args.threads, args.json, {})})
+        return print(f"\n[{time.perf_counter() - t0:.0f} s]")
+    specs = {}
+    for s in args.systems.split(","):
+        if ":" in s:  # ad hoc variant; ';' separates its options since ',' separates systems
+            name, overrides = parse_variant(s.replace(";", ","))
+            specs[name] = {"kind": "amanuensis", "settings": overrides, "trim": overrides.pop("vad_trim", True)}
+        else:
+            specs[s] = SYSTEMS[s]
+    modes = args.modes.split(",")
+    items = load_items(args.corpus.split(","), set(filter(None, args.languages.split(","))), args.limit, modes)
+    print(f"{len(items)} items ({len(items) // len(modes)} clips x {len(modes)} modes), systems: {', '.join(specs)}, "
+          f"{args.threads} threads", flush=True)
+    t0, results = time.perf_counter(), {}
+    data = {"items": items, "systems": specs, "results": results, "scores": {}}
+    for name, spec in specs.items():
+        t1 = time.perf_counter()
+        results[name] = run_system(name, spec, items, args.threads)
+        print(f"  {name}: {time.perf_counter() - t1:.0f} s", flush=True)
+        save(args.json, data)  # after each system: a long run can be read as it goes
+    data["scores"] = report(items, results, modes)
+    save(args.json, data)
+    if not args.no_names and "en" in args.corpus.split(",") and (not args.languages or "en" in args.languages.split(",")):
+        print(flush=True)
+        data["names"] = run_names(list(NAMES_SYSTEMS), args.threads, args.json, data)
+        save(args.json, data)
+    print(f"\n[{time.perf_counter() - t0:.0f} s]")
+
+
+def save(path: Optional[Path], data: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
