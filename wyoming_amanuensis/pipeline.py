@@ -167,10 +167,12 @@ class Engine:
             for name in {w.loaded.model.name for w in pending}:
                 group = [w for w in pending if w.loaded.model.name == name]
                 # a batch is greedy throughout; a request whose width waits on its language goes alone
-                greedy = [w for w in group if w.options.beam_size == 1 and w.options.beam_size_other is None]
+                greedy, alone = [], []
                 for w in group:
-                    if w not in greedy:
-                        self._decode([w])
+                    batchable = w.options.beam_size == 1 and w.options.beam_size_other is None
+                    (greedy if batchable else alone).append(w)
+                for w in alone:
+                    self._decode([w])
                 for k in range(0, len(greedy), self.settings.batch_decode_size):
                     self._decode(greedy[k:k + self.settings.batch_decode_size])
         return [w if isinstance(w, TranscriptionError)

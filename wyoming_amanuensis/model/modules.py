@@ -149,8 +149,17 @@ class SelfCache:
         self.length = 0
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Beam search: keep the cache rows of the surviving beams."""
-        self.kv = self.kv.index_select(2, index)
+        """Beam search: keep the cache rows of the surviving beams. Only the filled positions
+        are gathered: copying all 448 every token was ~70 % of beam search's time."""
+        n = index.numel()
+        if n == self.kv.shape[2] and bool((index == torch.arange(n, device=index.device)).all()):
+            return
+        rows = self.kv[:, :, :, :, :self.length].index_select(2, index)
+        if n != self.kv.shape[2]:  # the batch grows or shrinks (the prefix row becomes the beams)
+            shape = list(self.kv.shape)
+            shape[2] = n
+            self.kv = torch.zeros(shape, dtype=self.kv.dtype, device=self.kv.device)
+        self.kv[:, :, :, :, :self.length] = rows
 
 
 class DecoderBlock(nn.Module):
