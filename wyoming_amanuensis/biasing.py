@@ -1,21 +1,21 @@
 """Bias the transcript toward the names in the user's home, at a cost that does not grow with the home.
 
-Two mechanisms, each an option (defaults chosen by ``benchmarks/bench_accuracy.py``):
+The default, **snap** (``--names-snap``, ``--names-snap-margin``; the pipeline's names stage):
+after decoding, :func:`readings` lists the transcripts in which one run of words is read as a
+known name it may be a mishearing of ("bad light" -> "Bed Light", "chocolate list" -> "Shopping
+List", "bedlight", "Party Timescript"); the pipeline has the decoder score them against the
+audio (``Decoder.compare``) and :func:`choose` keeps one only when the model finds it nearly as
+likely as what it decoded. The string match is rapidfuzz's C loop over the names (about a
+millisecond for hundreds); the audio check runs only when there is a candidate.
 
-* **boost** (``--names-boost``): a token trie of the names; during decoding a
-  token that starts a name gets a small bonus and a token that continues a
-  name already begun gets a larger one (shallow fusion). The model still has to
-  hear the name: a bonus of a nat or two only tips choices it was unsure of. Per
-  step this is a vector add plus a lookup over the last few tokens, whatever
-  the number of names; the trie is built once per list (cached), off the event loop.
-* **snap** (``--names-snap``): after decoding, a run of words that is a near
-  miss of a name ("bad light" for "Bed Light", "standing lights") is replaced
-  by the name, when their letters agree at least this much (rapidfuzz ratio).
-  Short words are only ever matched exactly, so "to" never becomes "TV".
+Options, off by default because they measured worse (RESULTS.md, "Issue 11"):
 
-A Whisper prompt (``--names-prompt``, wyoming-faster-whisper's way) is kept as
-an option: it is reprocessed by the decoder on every request, so its cost grows
-with the list, and it measured no better (RESULTS.md).
+* **boost** (``--names-boost``): a token trie of the names; during decoding a token that
+  starts a name gets half the bonus and one that continues a name already begun the whole
+  of it (shallow fusion). Per step a vector add and a lookup over the last few tokens,
+  whatever the number of names; the trie is built once per list.
+* **prompt** (``--names-prompt``, wyoming-faster-whisper's way): the names in Whisper's
+  prompt, reprocessed by the decoder on every request, so its cost grows with the list.
 """
 
 from __future__ import annotations
