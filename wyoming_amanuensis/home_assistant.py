@@ -37,6 +37,8 @@ from urllib.parse import urlparse, urlunparse
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from .tasks import until_first_ends
+
 if TYPE_CHECKING:
     from .config import Settings  # config imports this module
 
@@ -271,16 +273,7 @@ class HomeAssistantNames:
                            max_size=MAX_MESSAGE_BYTES, logger=_WIRE_LOG) as ws:
             await self._authenticate(ws, token)
             link = _Link(ws)
-            reader = asyncio.create_task(link.read())
-            keeper = asyncio.create_task(self._keep_current(link))
-            try:
-                done, _ = await asyncio.wait({reader, keeper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (reader, keeper):
-                    task.cancel()
-                await asyncio.gather(reader, keeper, return_exceptions=True)
-            for task in done:
-                task.result()  # re-raises what ended the session
+            await until_first_ends(link.read(), self._keep_current(link))  # re-raises what ended the session
 
     async def _authenticate(self, ws: ClientConnection, token: str) -> None:
         async def receive() -> dict:

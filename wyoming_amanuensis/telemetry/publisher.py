@@ -23,6 +23,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from ..config import Settings
+from ..tasks import until_first_ends
 
 _LOG = logging.getLogger(__name__)
 
@@ -224,15 +225,7 @@ class Publisher:
                 await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
             # aiomqtt reports a dropped connection only to someone waiting on it:
             # the (empty) message iterator raises MqttError when the link goes.
-            watcher = asyncio.create_task(self._watch(client))
-            pump = asyncio.create_task(self._pump(client))
-            try:
-                done, _ = await asyncio.wait({watcher, pump}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (watcher, pump):
-                    t.cancel()
-                await asyncio.gather(watcher, pump, return_exceptions=True)
-            (pump if pump in done else watcher).result()  # re-raise the MqttError that ended it
+            await until_first_ends(self._pump(client), self._watch(client))  # re-raises the MqttError that ended it
             if self._final is not None:
                 f = self._final
                 await client.publish(f.topic, f.payload, qos=f.qos, retain=f.retain)
