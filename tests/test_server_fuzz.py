@@ -1,7 +1,8 @@
 """Property-based fuzzing of the server over TCP.
 
 Hypothesis builds connections of random, structurally plausible and mutated
-frames (well over a thousand in all). For every connection the server must
+frames (well over a thousand in all; the strategies live in
+benchmarks/fuzz_frames.py, shared with bench_stress). For every connection the server must
 only ever answer with well-formed events of the kinds it sends, and must let
 go of the connection once the client has finished; afterwards it still serves
 a real request and its log holds no traceback.
@@ -9,184 +10,25 @@ a real request and its log holds no traceback.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import socket
 import wave
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from wyoming.event import Event, read_event, write_event
+from wyoming.event import read_event
 
 from benchmarks.corpus import CORPUS_DIR, normalize
+from benchmarks.fuzz_frames import connections, encode, exchange, reply_problems
 
 EXAMPLES = 200
 MIN_FRAMES = 1000
-REPLIES = {"info", "transcript", "transcript-start", "transcript-chunk", "transcript-stop", "error", "pong"}
 
-
-def encode(event: Event) -> bytes:
-    buf = io.BytesIO()
-    write_event(event, buf)
-    return buf.getvalue()
-
-
-# ---------------------------------------------------------------------------
-# strategies
-
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40),
-                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=16))
-json_values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
-                           max_leaves=8)
-rates = st.one_of(st.sampled_from([16000, 44100, 48000, 8000, 22050]), scalars)
-widths = st.one_of(st.sampled_from([1, 2, 2, 3, 4]), st.integers(-2, 9), scalars)
-channels = st.one_of(st.sampled_from([1, 1, 2, 6]), st.integers(-1, 40), scalars)
-payloads = st.one_of(
-    st.integers(0, 6000).map(bytes),  # silence (cheap for the engine)
-    st.binary(max_size=2048),  # noise or odd lengths
-)
-kinds = st.one_of(
-    st.sampled_from(["describe", "transcribe", "audio-start", "audio-chunk", "audio-chunk", "audio-stop", "ping",
-                     "select-program", "info", "transcript", "error", "run-pipeline"]),
-    st.text(max_size=10),
-)
-
-
-@st.composite
-def plausible_event(draw) -> bytes:
-    kind = draw(kinds)
-    data = {}
-    payload = None
-    if kind in ("audio-start", "audio-chunk"):
-        data = {"rate": draw(rates), "width": draw(widths), "channels": draw(channels)}
-        if draw(st.booleans()):
-            data.pop(draw(st.sampled_from(["rate", "width", "channels"])))
-        if kind == "audio-chunk":
-            payload = draw(payloads)
-    elif kind == "transcribe":
-        data = draw(st.fixed_dictionaries({}, optional={
-            "name": st.one_of(st.sampled_from(["tiny.en", "base", "amanuensis", "large"]), json_values),
-            "language": st.one_of(st.sampled_from(["en", "de", "en-US", ""]), json_values),
-            "transcript_names": st.one_of(st.lists(st.text(max_size=12), max_size=4), json_values),
-            "transcript_terms": st.one_of(st.lists(st.text(max_size=12), max_size=4), json_values),
-            "context": json_values,
-            "streaming": st.booleans(),
-        }))
-    else:
-        data = draw(st.dictionaries(st.text(max_size=8), json_values, max_size=3))
-    return encode(Event(type=kind, data=data, payload=payload))
-
-
-@st.composite
-def mutated_event(draw) -> bytes:
-    frame = bytearray(draw(plausible_event()))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "delete", "insert", "truncate"]))
-        if not frame:
-            break
-        i = draw(st.integers(0, len(frame) - 1))
-        if op == "flip":
-            frame[i] = draw(st.integers(0, 255))
-        elif op == "delete":
-            del frame[i:i + draw(st.integers(1, 8))]
-        elif op == "insert":
-            frame[i:i] = draw(st.binary(min_size=1, max_size=8))
-        else:
-            del frame[i:]
-    return bytes(frame)
-
-
-@st.composite
-def raw_header(draw) -> bytes:
-    header = {"type": draw(kinds)}
-    for key in ("data_length", "payload_length", "data", "version"):
-        if draw(st.booleans()):
-            header[key] = draw(st.one_of(st.integers(-5, 70_000), json_values))
-    line = json.dumps(header).encode() + b"\n"
-    return line + draw(st.binary(max_size=64))
-
-
-@st.composite
-def utterance(draw) -> list[bytes]:
-    """transcribe, audio-start, chunks, audio-stop: fields and order perturbed now and then."""
-    fmt = draw(st.sampled_from([(16000, 2, 1), (44100, 2, 2), (8000, 1, 1), (48000, 4, 2), (16000, 3, 1)]))
-    fmt_data = {"rate": fmt[0], "width": fmt[1], "channels": fmt[2]}
-    transcribe = draw(plausible_event().filter(lambda f: b'"transcribe"' in f[:40])) if draw(st.booleans()) \
-        else encode(Event(type="transcribe"))
-    chunks = [encode(Event(type="audio-chunk", data=fmt_data, payload=draw(payloads)))
-              for _ in range(draw(st.integers(0, 4)))]
-    seq = [transcribe, encode(Event(type="audio-start", data=fmt_data)), *chunks, encode(Event(type="audio-stop"))]
-    if draw(st.integers(0, 3)) == 0:
-        seq = draw(st.permutations(seq))
-    return seq
-
-
-corrupt = st.one_of(mutated_event(), raw_header(), st.binary(max_size=200),
-                    st.binary(max_size=200).map(lambda b: b + b"\n"))
-clean_items = st.one_of(plausible_event().map(lambda f: [f]), utterance())
-dirty_items = st.one_of(clean_items, corrupt.map(lambda f: [f]))
-# Half the connections stay well-framed (the state machine is exercised past the
-# first frame); the other half mix in corrupt frames (the framing is).
-connections = st.one_of(st.lists(clean_items, min_size=4, max_size=8),
-                        st.lists(dirty_items, min_size=4, max_size=8)).map(lambda items: [f for i in items for f in i])
-
-
-# ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def fuzz_server(server_factory):
     # Its own server: short utterances and a short queue keep noise decodes cheap.
     return server_factory(("--max-utterance-s", "3", "--queue-depth", "2"),
                           model_args=("--model", "tiny.en", "--encoder-backend", "cpu", "--threads", "1"))
-
-
-DESCRIBE = encode(Event(type="describe"))
-
-
-def exchange(port: int, data: bytes, timeout: float = 30.0) -> bytes:
-    """Send ``data`` and a describe; once info is back (all frames handled) wait a moment
-    for transcripts; then end our side and read everything until the server closes."""
-    received = bytearray()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data + DESCRIBE)
-            sock.settimeout(1.0)  # a frame that declared more bytes than came swallows the describe
-            while b'"info"' not in received:
-                block = sock.recv(65536)
-                if not block:
-                    return bytes(received)
-                received += block
-            if b"audio-stop" in data:
-                sock.settimeout(0.3)
-                while block := sock.recv(65536):
-                    received += block
-        except socket.timeout:
-            pass
-        except OSError:
-            return bytes(received)  # the server closed first (a fatal frame): fine
-        sock.settimeout(timeout)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-        while True:
-            try:
-                block = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not block:
-                break
-            received += block
-    return bytes(received)
-
-
-def replies(data: bytes) -> list[Event]:
-    stream = io.BytesIO(data)
-    events = []
-    while (event := read_event(stream)) is not None:
-        events.append(event)
-    assert stream.tell() == len(data), "the server wrote something that is not a whole event"
-    return events
 
 
 def test_random_and_mutated_frames(fuzz_server):
@@ -201,10 +43,7 @@ def test_random_and_mutated_frames(fuzz_server):
             data = exchange(port, b"".join(batch))
         except socket.timeout:
             pytest.fail("the server did not close a finished connection")
-        for event in replies(data):
-            assert event.type in REPLIES, event
-            if event.type == "error":
-                assert event.data.get("code") and event.data.get("text")
+        assert not reply_problems(data), reply_problems(data)
         sent.append(len(batch))
 
     one_connection()
