@@ -381,6 +381,7 @@ def phase_capacity(ours: tuple, theirs: Optional[tuple], n: int, threads: int, r
         seq, med, sat, kinds = row
         rep.add(f"| {name} | {seq:.2f} | {ms(med)} | {sat:.2f} | " + ", ".join(f"{k} {v}" for k, v in kinds.items())
                 + " |")
+    rep.add()
     if theirs is not None:
         rep.add(f"Ratio Amanuensis / wyoming-faster-whisper: sequential {ours[0] / theirs[0]:.1f}x, "
                 f"median request {ours[1] / theirs[1]:.2f}x (time), at once {ours[2] / theirs[2]:.1f}x.")

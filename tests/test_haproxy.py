@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from wyoming.asr import Transcribe
+from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient
 
 from tests.conftest import REPO, free_port
-from tests.test_server import TINY_EXACT, Clip, same_words, transcribe
+from tests.test_server import TINY_EXACT, Clip, read_until, same_words, send_audio, transcribe
 
 CONFIG = REPO / "deploy" / "haproxy.cfg"
 INSTANCE_ARGS = ("--model", "tiny.en", "--encoder-backend", "cpu", "--threads", "1")
@@ -126,6 +126,18 @@ def balancer(instances, tmp_path_factory):
             proc.wait()
 
 
+async def test_a_long_command_in_real_time_passes_the_timeouts(balancer):
+    """jfk (11 s) streamed at real time: the instance is silent until the transcript,
+    longer than a short command, and the balancer's timeouts must not cut it."""
+    clip = Clip("jfk")
+    async with AsyncTcpClient(balancer.host, balancer.port) as client:
+        await client.write_event(Transcribe(language="en").event())
+        await send_audio(client, clip, pace=1.0)
+        events = await read_until(client, "transcript")
+    assert Transcript.is_type(events[-1].type), events[-1]
+    assert "ask not what your country can do for you" in events[-1].data["text"].lower()
+
+
 async def test_haproxy_balances_and_survives_a_dead_instance(balancer, instances):
     clips = [Clip(name) for name in TINY_EXACT]
 
@@ -197,7 +209,8 @@ async def test_haproxy_balances_and_survives_a_dead_instance(balancer, instances
     assert down_after[0] < MARK_DOWN_LIMIT_S, down_after
     redispatched = int(status[victim]["wredis"])
     if answered_before_down >= 2:
-        # leastconn sends idle ties round-robin, so one of the first two went to the dead instance.
+        # leastconn takes idle ties in turn (a server goes behind its equals when its connection
+        # ends), so one of the first two went to the dead instance.
         assert redispatched >= 1, status[victim]
     print(f"\nkilled {victim} mid-utterance: client connection closed after {closed_after * 1000:.0f} ms; "
           f"marked DOWN after {down_after[0]:.2f} s; {i} later requests all answered "
