@@ -1,5 +1,6 @@
 """The real server under the conditions of a busy house, over real TCP on corpus speech:
-clients that half-close their socket."""
+clients that half-close their socket, batched decoding that must not change anyone's words,
+and the ``busy`` answer's retry hint."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event, read_event, write_event
 
-from tests.test_server import Clip, served, same_words
+from tests.test_server import TINY_EXACT, Clip, served, same_words, transcribe
 
 
 def request_bytes(clip: Clip, *, stop: bool = True) -> bytes:
@@ -55,3 +56,20 @@ async def test_a_socket_half_closed_before_audio_stop_is_a_vanished_client(amanu
     events = await asyncio.to_thread(half_closed_exchange, amanuensis_server.port, request_bytes(clip, stop=False), 30)
     assert events == []  # dropped, and the connection closed (the read above returned)
     assert await served(amanuensis_server)
+
+
+async def test_twenty_concurrent_requests_batched_give_exactly_the_solo_words_and_tokens(server_factory):
+    """--batch-decoding: who else is talking must not change anyone's answer. The same 20
+    requests (8 clips, some sent twice at once) alone, then all at once in batches of 8."""
+    server = server_factory(("--batch-decoding", "--batch-decode-size", "8", "--debug"),
+                            model_args=("--model", "base", "--encoder-backend", "cpu", "--threads", "1"))
+    names = (TINY_EXACT * 3)[:20]
+    clips = {name: Clip(name) for name in set(names)}
+    solo = {}
+    for name in clips:
+        event = await transcribe(server, clips[name], language="en")
+        solo[name] = (event.data["text"], event.data["tokens"])
+    together = await asyncio.gather(*(transcribe(server, clips[name], language="en") for name in names))
+    assert "waiting requests in one batch" in server.log()
+    for name, event in zip(names, together):
+        assert (event.data["text"], event.data["tokens"]) == solo[name], name
