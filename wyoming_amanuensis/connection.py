@@ -36,7 +36,9 @@ code                     cause                                                  
 ``audio-too-long``       more audio than ``max_utterance_s`` (checked per chunk)    utterance dropped, buffer freed
 ``bad-request``          an event whose fields have the wrong types                 utterance dropped
 ``unknown-model``        ``transcribe`` names a model that is not loaded            next utterance ignored
-``busy``                 more than ``queue_depth`` transcripts waiting              utterance dropped
+``busy``                 more than ``queue_depth`` transcripts waiting              utterance dropped; the
+                                                                                    error's data has
+                                                                                    ``retry_after_s``
 ``shutting-down``        the server stopped before the transcript was made          utterance dropped
 ``unknown-program``      ``select-program`` names another program                   connection goes on
 ``internal-error``       a bug                                                      connection closed
@@ -89,14 +91,12 @@ _LOG = logging.getLogger(__name__)
 class ConnectionHandler(AsyncEventHandler):
     """One client connection. All state here is this connection's own."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: "AmanuensisServer",
-                 *, finish_on_eof: bool = False) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: "AmanuensisServer") -> None:
         super().__init__(reader, writer)
         self.server = server
         self.settings = server.settings
         self.task: Optional[asyncio.Task] = None
         self._guard = GuardedReader(reader)
-        self._finish_on_eof = finish_on_eof  # stdio: input ending is normal, answer what is pending
         self._request = Request()
         self._rejected = False  # the last transcribe was refused: ignore its utterance
         self._utt: Optional[Utterance] = None
@@ -135,8 +135,13 @@ class ConnectionHandler(AsyncEventHandler):
                     _LOG.exception("%s: error handling %s", self.peer, event.type)
                     await self._error("internal-error", f"internal error handling '{event.type}'")
                     break
-            if eof and self._finish_on_eof and self._finals:
-                await asyncio.wait(list(self._finals))
+            if eof:
+                # A client may end its side once its request is complete (shutdown(SHUT_WR), stdio
+                # input ending): what ended with audio-stop is still answered, as the reference
+                # server does. Only an utterance cut off before its audio-stop is a vanished client.
+                await self._drop_utterance(record=True, outcome="disconnected")
+                if self._finals:
+                    await asyncio.wait(list(self._finals))
         finally:
             await self.disconnect()
             self._closed = True
@@ -189,7 +194,8 @@ class ConnectionHandler(AsyncEventHandler):
         try:
             await async_write_event(event, self.writer)
             return True
-        except (ConnectionError, RuntimeError):
+        except (ConnectionError, RuntimeError) as err:
+            _LOG.debug("%s: cannot write %s: %s", self.peer, event.type, err)
             return False
 
     async def _error(self, code: str, text: str) -> None:
@@ -416,7 +422,9 @@ class ConnectionHandler(AsyncEventHandler):
                 if result is None:
                     computed = True
                     result = await self.server.scheduler.run_final(job)
-            except (QueueFull, SchedulerClosed, TranscriptionError) as err:
+            except QueueFull as err:
+                return await self._final_error(utt, err.code, str(err), retry_after_s=err.retry_after_s)
+            except (SchedulerClosed, TranscriptionError) as err:
                 return await self._final_error(utt, err.code, str(err))
             except Exception as err:  # noqa: BLE001
                 _LOG.exception("%s: transcription %s failed", self.peer, utt.request_id)
@@ -435,7 +443,12 @@ class ConnectionHandler(AsyncEventHandler):
         answer = utt.answer_data(job, window, computed)
         del job
         event.data.update(answer)
-        await self._send(event)
+        if not await self._send(event):
+            # A client that closed both ways after audio-stop looks like a half-closed one until
+            # this write: its transcript was computed (one bounded run) and goes nowhere.
+            _LOG.debug("%s: %s computed, but the client is gone", self.peer, utt.request_id)
+            self.server.record(utt.request_id, request, "disconnected", result, answer)
+            return
         if request.streaming:
             await self._send(TranscriptStop().event())
         self.server.record(utt.request_id, request, "ok", result, answer)
@@ -445,9 +458,13 @@ class ConnectionHandler(AsyncEventHandler):
                       result.audio_seconds, result.tokens, result.model, t.queue_ms, t.total_ms)
             _LOG.debug("%s: %s text: %r", self.peer, utt.request_id, text)  # transcripts only in debug logs
 
-    async def _final_error(self, utt: Utterance, code: str, text: str) -> None:
+    async def _final_error(self, utt: Utterance, code: str, text: str, *,
+                           retry_after_s: Optional[float] = None) -> None:
         _LOG.warning("%s: utterance %s failed: %s (%s)", self.peer, utt.request_id, text, code)
         self.server.record(utt.request_id, utt.request, code)
         if utt.stream_started:
             await self._send(TranscriptStop().event())
-        await self._error(code, text)
+        event = Error(text=text, code=code).event()
+        if retry_after_s is not None:
+            event.data["retry_after_s"] = retry_after_s
+        await self._send(event)

@@ -22,7 +22,7 @@ from .biasing import NameBoost
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
 from .model.modules import N_CTX_AUDIO, TextDecoder
-from .model.quantize import int8_linears
+from .model.quantize import row_int8_linears
 from .model.silence import PooledTail
 
 _LOG = logging.getLogger(__name__)
@@ -133,8 +133,9 @@ class Decoder:
         if int8:
             if self.device.type != "cpu":
                 raise ValueError("the int8 decoder runs on the CPU only")
-            # in place: the float decoder is only ever used through this object
-            module = int8_linears(module, inplace=True)
+            # In place (the float decoder is only ever used through this object), with per-row
+            # activation scales: a request's tokens must not depend on what it is batched with.
+            module = row_int8_linears(module)
         elif self.device.type != "cpu":
             module = module.to(self.device)
         self.int8 = int8
@@ -202,24 +203,13 @@ class Decoder:
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.net.proj(self.net.ln(hidden)).float()
 
-    def _stack(self, crosses: list[CrossAttention]) -> list[tuple]:
-        """Per-layer keys/values of several requests as one batch, padded to the longest
-        with masked (-inf) positions; a single request's are used as they are."""
+    @staticmethod
+    def _stack(crosses: list[CrossAttention]) -> list:
+        """Per layer, the keys/values of one request, or for several one (keys, values, bias)
+        per row: the decoder attends each row over its own audio (see ``DecoderBlock``)."""
         if len(crosses) == 1:
             return crosses[0].kv
-        out = []
-        for layer in range(len(crosses[0].kv)):
-            parts = [c.kv[layer] for c in crosses]
-            s_max = max(k.shape[2] for k, _, _ in parts)
-            ks, vs, bs = [], [], []
-            for k, v, bias in parts:
-                pad = s_max - k.shape[2]
-                ks.append(torch.nn.functional.pad(k, (0, 0, 0, pad)))
-                vs.append(torch.nn.functional.pad(v, (0, 0, 0, pad)))
-                row = bias if bias is not None else torch.zeros(1, k.shape[2], device=k.device)
-                bs.append(torch.nn.functional.pad(row, (0, pad), value=-math.inf))
-            out.append((torch.cat(ks), torch.cat(vs), torch.stack(bs)[:, :, None, :]))
-        return out
+        return [[c.kv[layer] for c in crosses] for layer in range(len(crosses[0].kv))]
 
     def _run_prefix(self, kv: list[tuple], opts: list[DecodeOptions], cache):
         """Feed prompt + start-of-transcript sequence for a batch whose prompts are equally long.
@@ -258,9 +248,9 @@ class Decoder:
         prefixes = [h + tok.sot_sequence(lang) for h, lang in zip(heads, languages)]
         return languages, no_speech, prefixes, self._logits(hidden[:, -1]), weights
 
-    def _head_rows(self, weights: dict[int, torch.Tensor], row: int = 0) -> torch.Tensor:
-        """[heads, n, S] for the alignment heads out of per-layer weights [B, H, n, S]."""
-        return torch.stack([weights[layer][row, head] for layer, head in self.model.alignment_heads])
+    def _head_rows(self, weights: dict, row: int = 0) -> torch.Tensor:
+        """[heads, n, S] for the alignment heads out of per-layer weights [B, H, n, S] (or per row)."""
+        return torch.stack([weights[layer][row][head] for layer, head in self.model.alignment_heads])
 
     @torch.inference_mode()
     def decode(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:

@@ -53,9 +53,14 @@ RunFn = Callable[[list[Job]], Sequence[Any]]
 
 
 class QueueFull(Exception):
-    """More finals are waiting than the configured queue depth allows."""
+    """More finals are waiting than the configured queue depth allows. ``retry_after_s``:
+    when the queue is likely to have room again (see :meth:`Scheduler.retry_after_s`)."""
 
     code = "busy"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class SchedulerClosed(Exception):
@@ -71,6 +76,9 @@ class _Queued:
 
 
 class Scheduler:
+    # Per-final time assumed before any has run: a short command on a small CPU, base model.
+    DEFAULT_PER_FINAL_S = 0.3
+
     def __init__(self, run: RunFn, depth: int, *, batch_size: int = 1) -> None:
         if depth < 1:
             raise ValueError("queue depth must be at least 1")
@@ -86,6 +94,8 @@ class Scheduler:
         self._task: Optional[asyncio.Task] = None
         self._running = False
         self._closed = False
+        # Recent engine time per final, batches shared out (an average over about the last 8).
+        self._per_final_s = self.DEFAULT_PER_FINAL_S
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -131,6 +141,12 @@ class Scheduler:
     def finals_waiting(self) -> int:
         return sum(1 for q in self._finals if not q.future.done())
 
+    def retry_after_s(self) -> float:
+        """Seconds until the finals now waiting (and the run in progress) are likely done:
+        their count times the recent engine time per final, rounded up to a tenth."""
+        load = self.finals_waiting + (1 if self._running else 0)
+        return max(0.1, -(-load * self._per_final_s * 10 // 1) / 10)
+
     @property
     def busy(self) -> bool:
         return self._running
@@ -145,7 +161,8 @@ class Scheduler:
         if self._closed:
             raise SchedulerClosed("the server is shutting down")
         if self.finals_waiting >= self.depth:
-            raise QueueFull(f"{self.depth} requests are already waiting for the engine; try again shortly")
+            wait = self.retry_after_s()
+            raise QueueFull(f"{self.depth} requests are already waiting for the engine; retry after {wait:g} s", wait)
         item = self._submit(job, self._finals)
         # Finals first: previews that have not started are dropped.
         while self._partials:
@@ -241,8 +258,11 @@ class Scheduler:
                 outcomes = [err] * len(batch)
             finally:
                 self._running = False
+                elapsed = time.perf_counter() - t0
                 for q in batch:
-                    q.job.run_ms = (time.perf_counter() - t0) * 1000.0
+                    q.job.run_ms = elapsed * 1000.0
+                if not batch[0].job.request.partial:
+                    self._per_final_s += (elapsed / len(batch) - self._per_final_s) / 8
             for item, outcome in zip(batch, outcomes):
                 if item.future.done():
                     continue

@@ -72,7 +72,7 @@ class AmanuensisServer:
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
         writer = asyncio.StreamWriter(transport, protocol, None, loop)
-        handler = ConnectionHandler(reader, writer, self, finish_on_eof=True)
+        handler = ConnectionHandler(reader, writer, self)
         await handler.run()
 
     @property

@@ -199,18 +199,26 @@ class DecoderBlock(nn.Module):
 
         # cross-attention over the audio
         q = split_heads(self.cross_q(self.cross_ln(x)), self.n_heads)
-        ck, cv, bias = cross
-        weights = None
-        if want_weights:
-            scale = 1.0 / math.sqrt(q.shape[-1])
-            scores = (q @ ck.transpose(-1, -2)) * scale
-            weights = torch.softmax(scores if bias is None else scores + bias, dim=-1)
-            a = weights @ cv
+        if isinstance(cross, list):
+            # A batch of requests: each row attends over its own audio exactly as it would alone
+            # (padding every row to the longest would change its sums, and with them its tokens).
+            parts = [self._attend_audio(q[b:b + 1], *row, want_weights) for b, row in enumerate(cross)]
+            a = torch.cat([part for part, _ in parts])
+            weights = [w[0] for _, w in parts] if want_weights else None
         else:
-            a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=bias)
+            a, weights = self._attend_audio(q, *cross, want_weights)
         x = x + self.cross_out(merge_heads(a))
         x = x + self.mlp(x)
         return x, weights
+
+    @staticmethod
+    def _attend_audio(q, ck, cv, bias, want_weights: bool):
+        if not want_weights:
+            return F.scaled_dot_product_attention(q, ck, cv, attn_mask=bias), None
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        scores = (q @ ck.transpose(-1, -2)) * scale
+        weights = torch.softmax(scores if bias is None else scores + bias, dim=-1)
+        return weights @ cv, weights
 
 
 class TextDecoder(nn.Module):
@@ -240,8 +248,9 @@ class TextDecoder(nn.Module):
         Returns the hidden states [B, n, d] before the final LayerNorm (the
         caller projects only the positions it needs: the vocabulary projection
         is the costliest step per token) and, for the layers in
-        ``weight_layers``, the cross-attention weights [B, H, n, P].
-        ``cross`` holds per layer (keys, values, bias or None).
+        ``weight_layers``, the cross-attention weights [B, H, n, P] (per row [H, n, P_row]
+        for a batch). ``cross`` holds per layer (keys, values, bias or None), or for a batch of
+        requests a list of those, one per row.
         """
         start = cache.length
         n = tokens.shape[1]

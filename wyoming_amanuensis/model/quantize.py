@@ -1,10 +1,20 @@
-"""int8 weights for torch modules on the CPU (dynamic quantisation of every Linear).
+"""int8 weights for torch modules on the CPU.
 
 Weights are quantised once per output channel (per-channel scales keep the
 few large rows of Whisper's projections from crushing the small ones);
 activations are quantised per call. torch.ao.quantization prints deprecation
 notices from torch 2.13 on, its successor being the torchao package; it is
 still shipped and tested here, and callers keep the float path as fallback.
+
+Two flavours:
+
+* :func:`int8_linears`: torch's dynamic quantisation as it is. It takes one
+  activation scale for the whole input tensor, so a row's result depends on
+  the other rows: fine for the encoder (one request per call).
+* :func:`row_int8_linears`: the same int8 kernel with one scale per row
+  (:class:`RowInt8Linear`), so that a request decoded in a batch gets exactly
+  the tokens it gets alone: a server's answer must not depend on who else is
+  talking (issue 13).
 """
 
 from __future__ import annotations
@@ -14,13 +24,84 @@ import warnings
 import torch
 from torch import nn
 
+def _quantized(fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn()
+
 
 def int8_linears(module: nn.Module, *, inplace: bool, per_channel: bool = True) -> nn.Module:
     """``module`` with its Linear layers running on int8 weights: a copy, or (``inplace``) the
     module itself, which then no longer holds its float Linear weights (saves their memory)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    def quantize():
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
         qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
         return quantize_dynamic(module, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=inplace)
+    return _quantized(quantize)
+
+
+class RowInt8Linear(nn.Module):
+    """A Linear on per-channel int8 weights whose activations get one scale per row.
+
+    torch's dynamic int8 linear (fbgemm) derives its activation scale from the
+    whole input's minimum and maximum. Each row is therefore first mapped onto
+    [0, 1] by its own minimum and range (its minimum becomes exactly 0, its
+    maximum exactly 1), so every input the kernel sees spans [0, 1]: its scale
+    is the same constant on every call, its integer products are exact, and
+    what it returns for a row depends on that row alone. The map is undone on
+    the output: W x = r (W u) + m (W 1). As precise as torch's per-tensor
+    scale for a lone row (7 bits over that row's own range, which need not
+    include 0), and any batch gives the solo tokens.
+
+    Rows must fill the kernel's vector lanes whole (``in_features`` a multiple
+    of 16, as every Whisper width is): a tail element may be rounded by the
+    scalar path, which would make a row's result depend on its place.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        if linear.in_features % 16:
+            raise ValueError(f"per-row int8 needs in_features divisible by 16, got {linear.in_features}")
+        weight = linear.weight.detach().float()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+        def quantize():
+            from torch.ao.quantization.observer import default_per_channel_weight_observer
+
+            observer = default_per_channel_weight_observer()
+            observer(weight)
+            scales, zero_points = observer.calculate_qparams()
+            q = torch.quantize_per_channel(weight, scales.double(), zero_points.long(), 0, torch.qint8)
+            return q, torch.ops.quantized.linear_prepack(q, None)
+        qweight, self._packed = _quantized(quantize)
+        # W 1 with the weights the kernel really uses, so the minimum is added back exactly.
+        self.register_buffer("row_sums", qweight.dequantize().sum(dim=1), persistent=False)
+        bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, self.in_features)
+        low, high = rows.aminmax(dim=1, keepdim=True)
+        span = (high - low).clamp_min_(1e-30)  # a constant row maps to 0s: its result is m (W 1)
+        unit = (rows - low).div_(span)
+        y = torch.ops.quantized.linear_dynamic(unit, self._packed, True)
+        y = y.mul_(span).add_(low * self.row_sums)
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8, per-row activation scales"
+
+
+def row_int8_linears(module: nn.Module) -> nn.Module:
+    """``module`` itself, its Linear layers replaced by :class:`RowInt8Linear` (their float
+    weights are released)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(module, name, RowInt8Linear(child))
+        else:
+            row_int8_linears(child)
+    return module
