@@ -101,7 +101,7 @@ class WhisperTokenizer:
             text = tok.id_to_token(i) or ""
             if text.startswith("<|") and text.endswith("|>"):
                 languages[text[2:-2]] = i
-        # CTranslate2 and faster-whisper decide by the vocabulary size alone; English-only
+        # By the vocabulary size, as openai-whisper decides (n_vocab >= 51865): English-only
         # tokenizers carry language tokens too, which those models were never trained on.
         multilingual = n_vocab >= 51865 if n_vocab is not None else eot == 50257
         if not multilingual:
