@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -340,3 +342,30 @@ def test_helper_writes_every_file_a_conversion_has(tmp_path):
     words = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
     assert len(words) == 51866 and words[50358] == "<|yue|>" and words[50365] == "<|0.00|>" and words[-1] == "<|30.00|>"
 
+
+# ---------------------------------------------------------------- the GPU check, dry
+
+
+@pytest.mark.parametrize("perturb", [False, True])
+def test_device_check_dry_run(tmp_path, perturb):
+    """benchmarks/device_check.py on the CPU (no GPU here): the same comparisons and timings; with
+    other weights on the "device" side it must fail and say why."""
+    cmd = [sys.executable, "benchmarks/device_check.py", "--device", "cpu", "--shape", "distil-small.en",
+           "--repeats", "1", "--batch", "2", "--threads", "1", "--workdir", str(tmp_path)]
+    run = subprocess.run(cmd + (["--perturb"] if perturb else []), capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    out = run.stdout + run.stderr
+    if perturb:
+        assert run.returncode == 1 and "MISMATCH: encoder" in out, out
+    else:
+        assert run.returncode == 0 and "device_check: OK" in out, out
+        assert "cosine 1.000000 ok" in out and "single stream, 5.0 s utterance: median" in out
+        assert "batch of 2: median" in out
+
+
+def test_device_check_refuses_a_missing_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    run = subprocess.run([sys.executable, "benchmarks/device_check.py", "--device", "cuda"], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 2 and "no CUDA device visible" in run.stderr
