@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_shapes import logits  # noqa: E402
 from tests.fake_ct2_whisper import BASE_FULL, SHAPES, write_model  # noqa: E402
 from wyoming_amanuensis.config import settings_from  # noqa: E402
 from wyoming_amanuensis.decoding import DecodeOptions  # noqa: E402
@@ -64,15 +65,6 @@ def utterance(seconds: float, seed: int = 0) -> np.ndarray:
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
-
-
-def teacher_forced(loaded, cross, seq: list[int], n_prefix: int) -> torch.Tensor:
-    """Logits [steps, vocab] on the CPU for every position after the prefix."""
-    dec = loaded.decoder
-    net = dec.net
-    with torch.inference_mode():
-        hidden, _ = net(torch.tensor([seq], device=dec.device), net.new_cache(1), cross.kv)
-        return (net.proj(net.ln(hidden[0, n_prefix - 1:])).float() + dec.suppress).cpu()
 
 
 def compare(ref: Engine, dev: Engine, audio: np.ndarray, margin: float, max_tokens: int) -> list[str]:
@@ -103,7 +95,7 @@ def compare(ref: Engine, dev: Engine, audio: np.ndarray, margin: float, max_toke
     tok = r.model.tokenizer
     prefix = tok.sot_sequence("en")
     seq = prefix + greedy_r.tokens
-    want, got = teacher_forced(r, cross_r, seq, len(prefix)), teacher_forced(d, cross_d, seq, len(prefix))
+    want, got = logits(r.decoder, cross_r, seq, len(prefix)), logits(d.decoder, cross_d, seq, len(prefix))
     finite = torch.isfinite(want)
     diff = float((want[finite] - got[finite]).abs().max())
     top2 = want.topk(2, dim=-1).values
