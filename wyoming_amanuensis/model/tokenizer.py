@@ -13,6 +13,8 @@ from .ct2 import ModelFileError
 
 _LOG = logging.getLogger(__name__)
 
+N_TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|>: the last rows of every Whisper vocabulary
+
 
 def _restore_merges(spec: dict) -> None:
     """Put back BPE merges a converted ``tokenizer.json`` lost.
@@ -64,7 +66,10 @@ class WhisperTokenizer:
         return bool(self.languages)
 
     @classmethod
-    def from_files(cls, tokenizer_json: Path, lang_ids: list[int]) -> "WhisperTokenizer":
+    def from_files(cls, tokenizer_json: Path, lang_ids: list[int], n_vocab: int | None = None) -> "WhisperTokenizer":
+        """``lang_ids``: config.json's language token ids (may be empty: then the tokenizer's own
+        language tokens). ``n_vocab``: the model's embedding rows, checked against the special
+        tokens, which sit at different ids in each of Whisper's three vocabularies."""
         try:
             spec = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
             _restore_merges(spec)
@@ -75,32 +80,45 @@ class WhisperTokenizer:
         def tid(text: str) -> int:
             i = tok.token_to_id(text)
             if i is None:
-                raise ModelFileError(f"{tokenizer_json}: special token {text} missing")
+                raise ModelFileError(f"{tokenizer_json}: special token {text} missing; not a Whisper tokenizer")
             return i
 
+        eot, sot, translate = tid("<|endoftext|>"), tid("<|startoftranscript|>"), tid("<|translate|>")
+        no_ts = tid("<|notimestamps|>")
+        timestamp_begin = no_ts + 1
+        if n_vocab is not None and n_vocab - timestamp_begin != N_TIMESTAMPS:
+            # a tokenizer of another Whisper vocabulary would read every special token wrongly
+            raise ModelFileError(
+                f"{tokenizer_json} does not match model.bin: its timestamps start at {timestamp_begin}, so the "
+                f"model should have {timestamp_begin + N_TIMESTAMPS} vocabulary rows, but it has {n_vocab} "
+                f"(51864 English-only, 51865 multilingual, 51866 large-v3)")
+        # Language tokens sit between start-of-transcript and translate. Converters differ on
+        # lang_ids (absent, empty, or, for English-only models, off by one), so only ids in that
+        # range count, and without any the tokenizer's own are used.
+        in_range = [i for i in lang_ids if sot < i < translate] or list(range(sot + 1, translate))
         languages = {}
-        for i in lang_ids:
+        for i in in_range:
             text = tok.id_to_token(i) or ""
             if text.startswith("<|") and text.endswith("|>"):
                 languages[text[2:-2]] = i
-        eot = tid("<|endoftext|>")
-        multilingual = eot == 50257
+        # By the vocabulary size, as openai-whisper decides (n_vocab >= 51865): English-only
+        # tokenizers carry language tokens too, which those models were never trained on.
+        multilingual = n_vocab >= 51865 if n_vocab is not None else eot == 50257
         if not multilingual:
             languages = {}
-        no_ts = tid("<|notimestamps|>")
         no_speech = tok.token_to_id("<|nospeech|>") or tok.token_to_id("<|nocaptions|>")
         if no_speech is None:
             no_speech = no_ts - 1
         return cls(
             tokenizer=tok,
             eot=eot,
-            sot=tid("<|startoftranscript|>"),
+            sot=sot,
             sot_prev=tid("<|startofprev|>"),
             transcribe=tid("<|transcribe|>"),
-            translate=tid("<|translate|>"),
+            translate=translate,
             no_timestamps=no_ts,
             no_speech=no_speech,
-            timestamp_begin=no_ts + 1,
+            timestamp_begin=timestamp_begin,
             languages=languages,
         )
 
