@@ -124,6 +124,19 @@ def test_partial_over_long_audio_is_the_same_loop(engine):
     assert not check_sentences([c.reference for c in u.clips], r.text).missing, r.text
 
 
+def test_windows_heard_whole_are_decoded_once_per_utterance(engine):
+    u = long_utterance(60, 16)
+    cache: dict = {}
+    partial = engine.run([Job(audio=u.audio[:SAMPLE_RATE * 50], windows=cache,
+                              request=Request(language="en", partial=True))])[0]
+    assert len(cache) >= 1  # the first window, with audio after it
+    final = engine.run([Job(audio=u.audio, request=Request(language="en"), windows=cache)])[0]
+    fresh = engine.transcribe(u.audio, SAMPLE_RATE, Request(language="en"))
+    assert final.text == fresh.text
+    assert partial.text.startswith(final.text[:200])
+    assert final.timings.encoder_ms < 0.7 * fresh.timings.encoder_ms
+
+
 def test_withdrawn_long_request_stops_between_windows(engine):
     u = long_utterance(60, 0)
     t0 = time.perf_counter()

@@ -256,7 +256,8 @@ class Engine:
         tokenizer = w.loaded.model.tokenizer
         out = decode_windows(w.loaded, w.audio, w.options, frames_for=self._window_frames,
                              stage=lambda name: _stage(w.timings, name),
-                             condition=self.settings.condition_on_previous_text, want_words=w.want_words)
+                             condition=self.settings.condition_on_previous_text, want_words=w.want_words,
+                             cache=w.job.windows)
         language = out.language or w.options.language or (None if tokenizer.multilingual else "en")
         w.result = Result(text=tokenizer.decode(out.tokens).strip(), language=language, timings=w.timings,
                           audio_seconds=w.seconds, tokens=len(out.tokens), encoder_backend=w.loaded.backend.name,

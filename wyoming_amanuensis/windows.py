@@ -43,7 +43,7 @@ class Windowed:
     language: Optional[str] = None
     windows: int = 0
     words: list[Word] = field(default_factory=list)
-    last: Optional[DecodeResult] = None  # the last window's decode (the silence verdict of the whole is the text's)
+    cached: int = 0  # windows taken from the utterance's cache
 
 
 def is_long(samples: int) -> bool:
@@ -51,13 +51,14 @@ def is_long(samples: int) -> bool:
 
 
 def decode_windows(loaded, audio: np.ndarray, options: DecodeOptions, *, frames_for: Callable[[int], int],
-                   stage: Callable[[str], AbstractContextManager], condition: bool, want_words: bool) -> Windowed:
+                   stage: Callable[[str], AbstractContextManager], condition: bool, want_words: bool,
+                   cache: Optional[dict] = None) -> Windowed:
     """``loaded``: the pipeline's LoadedModel; ``frames_for(samples)``: mel frames the short last
     window encodes (the fast decoder's rule); ``stage(name)`` times a stage; ``condition``: each
-    window's prompt carries the text decoded so far (openai's condition_on_previous_text)."""
+    window's prompt carries the text decoded so far (openai's condition_on_previous_text);
+    ``cache``: one utterance's decoded windows (see ``Job.windows``), read and filled."""
     model, decoder = loaded.model, loaded.decoder
-    tok = model.tokenizer
-    begin = tok.timestamp_begin
+    begin = model.tokenizer.timestamp_begin
     content = int(math.ceil(audio.shape[0] / HOP))  # mel frames of audio
     out = Windowed(language=options.language)
     seek = 0
@@ -70,28 +71,41 @@ def decode_windows(loaded, audio: np.ndarray, options: DecodeOptions, *, frames_
         if chunk.size == 0 or float(np.abs(chunk).max()) < _SILENT_PEAK:
             seek += size
             continue
-        with stage("mel"):
-            frames = frames_for(chunk.shape[0]) if content - seek <= N_FRAMES_30S else N_FRAMES_30S
-            mel = log_mel(chunk, model.dims.n_mels, n_frames=frames)[None]
-        with stage("encoder"):
-            enc = loaded.backend.encode(mel, loaded.context)
-            enc.tail_cached = frames < N_FRAMES_30S
-        with stage("decoder"):
-            cross = decoder.prepare(enc)
-            opts = _window_options(options, out, condition, size)
-            dec = decoder.decode(cross, opts)
+        opts = _window_options(options, out, condition, size)
+        # A window with audio after it is heard whole: later runs over the same utterance
+        # (the next partial, the final) decode it the same way, so they take it from the cache.
+        key = None
+        if cache is not None and content - seek > N_FRAMES_30S and options.boost is None and not want_words:
+            key = (model.name, seek, tuple(opts.prompt_tokens), opts.language, opts.beam_size, opts.beam_size_other)
+        if key is not None and key in cache:
+            tokens, language, silent = cache[key]
+            out.cached += 1
+        else:
+            with stage("mel"):
+                frames = frames_for(chunk.shape[0]) if content - seek <= N_FRAMES_30S else N_FRAMES_30S
+                mel = log_mel(chunk, model.dims.n_mels, n_frames=frames)[None]
+            with stage("encoder"):
+                enc = loaded.backend.encode(mel, loaded.context)
+                enc.tail_cached = frames < N_FRAMES_30S
+            with stage("decoder"):
+                cross = decoder.prepare(enc)
+                dec = decoder.decode(cross, opts)
+            if options.stop is not None and options.stop():
+                break  # a search stopped early is not this window's text
+            tokens, language, silent = dec.tokens, dec.language, dec.is_silence
+            if key is not None:
+                cache[key] = (tokens, language, silent)
         out.windows += 1
-        out.language = out.language or dec.language
-        out.last = dec
-        if dec.is_silence:
+        out.language = out.language or language
+        if silent:
             seek += size
             continue
-        kept, advance = segments(dec.tokens, begin, size)
-        advance = _resume_early_end(dec.tokens, begin, size, advance)
+        kept, advance = segments(tokens, begin, size)
+        advance = _resume_early_end(tokens, begin, size, advance)
         text = [t for s in kept for t in s.tokens]
         if want_words and text:
             with stage("alignment"):
-                out.words += _words(decoder, cross, text, dec.language, advance, start / SAMPLE_RATE)
+                out.words += _words(decoder, cross, text, language, advance, start / SAMPLE_RATE)
         out.tokens += text
         seek += advance if advance > 0 else size  # never the same window twice
     return out
