@@ -101,6 +101,14 @@ def test_60s_of_sentences_come_back_each_once(engine, per_clip, offset):
     assert normalize(r.text).endswith(normalize(u.clips[-1].reference).split()[-1])
 
 
+def test_beam_search_windows(engine):
+    # the width other languages get by default (--beam-size-non-english), here on English speech
+    u = long_utterance(40, 8)
+    r = engine.transcribe(u.audio, SAMPLE_RATE, Request(language="en", beam_size=5))
+    check = check_sentences([c.reference for c in u.clips], r.text)
+    assert not check.missing and not check.repeated, (check, r.text)
+
+
 def test_language_is_detected_once_and_kept(engine):
     u = long_utterance(45, 5)
     r = engine.transcribe(u.audio, SAMPLE_RATE)  # no language given: detected on the first window
