@@ -61,7 +61,7 @@ class Settings:
     decoder_tail_chunk: int = _opt(10, "Fast decoder: pool the silence tail's cross-attention keys in chunks of this many positions (1 = exact, no pooling).")
     word_timestamps: bool = _opt(False, "Word-level timestamps from cross-attention alignment (one extra decoder pass).", aliases=("ENABLE_ALIGNMENT",))
     fast_alignment: bool = _opt(True, "Align from the cross-attention recorded during decoding instead of a second teacher-forced pass.", aliases=("FAST_ALIGNMENT",))
-    condition_on_previous_text: bool = _opt(True, "Long audio (over 30 s, decoded in consecutive windows): prompt each window with the text decoded before it, as openai-whisper does by default.")
+    condition_on_previous_text: bool = _opt(False, "Long audio (over 30 s, decoded in consecutive windows): prompt each window with the text decoded before it, as openai-whisper does by default. Off by default: on the corpus's 117 s utterance it made the model skip 10 of 35 sentences (benchmarks/bench_long.py).")
     batch_decoding: bool = _opt(False, "Decode several queued requests together in one batch.", aliases=("ENABLE_BATCH_DECODING",))
     batch_decode_size: int = _opt(4, "Largest batch when batch decoding is on.", aliases=("BATCH_DECODE_SIZE",))
     threads: int = _opt(0, "torch CPU threads; 0 = all cores.")
