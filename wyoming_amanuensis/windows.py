@@ -9,6 +9,10 @@ whole in the next window instead of being lost or doubled. The language is
 detected once, on the first window. When the rest of the audio fits in one
 window, that last window is the short one of the fast decoder (the speech
 plus a margin, spliced onto the cached silence), like any short command.
+Two changes from openai's loop: a window whose text closes well before its
+end is resumed there (``_resume_early_end``), and windows with audio after
+them are kept per utterance (``Job.windows``) so that its partials,
+speculations and final decode each of them once.
 """
 
 from __future__ import annotations
