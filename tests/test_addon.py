@@ -232,7 +232,7 @@ SUPERVISOR_MQTT = {"host": "core-mosquitto", "port": 1883, "ssl": False, "protoc
                    "username": "addons", "password": "supervisor-secret"}
 SERVER = ["-m", "wyoming_amanuensis", "--uri", "tcp://0.0.0.0:10300"]
 DEFAULT_ARGV = SERVER + ["--model", "base", "--beam-size", "1", "--beam-size-non-english", "5", "--encoder-backend", "auto",
-                         "--max-utterance-s", "30", "--int8-decoder", "--no-word-timestamps",
+                         "--max-utterance-s", "120", "--int8-decoder", "--no-word-timestamps",
                          "--streaming", "--no-debug", "--ha-url", "ws://supervisor/core/websocket"]
 
 

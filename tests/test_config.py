@@ -29,7 +29,7 @@ def load(argv=(), environ=None, config_file=None) -> Settings:
 
 def test_defaults():
     assert load() == Settings()
-    assert load().uri == "tcp://0.0.0.0:10300" and load().max_utterance_s == 30.0 and load().model == "base"
+    assert load().uri == "tcp://0.0.0.0:10300" and load().max_utterance_s == 120.0 and load().model == "base"
 
 
 def test_cli_wins_over_env_over_file_over_defaults(tmp_path):
@@ -41,7 +41,7 @@ def test_cli_wins_over_env_over_file_over_defaults(tmp_path):
     assert settings.queue_depth == 5  # env over file
     assert settings.model == "tiny.en" and settings.extra_models == ("base",)  # file over defaults
     assert settings.streaming is False
-    assert settings.max_utterance_s == 30.0  # default
+    assert settings.max_utterance_s == 120.0  # default
     # --config names the file too, and wins over the env's file
     other = tmp_path / "other.yaml"
     other.write_text("queue_depth: 7\nbeam_size: 6\n")

@@ -173,7 +173,7 @@ def test_silence_and_noise_give_empty_transcripts(engine, seconds, amplitude):
 
 def test_over_long_utterance_is_refused(engine):
     with pytest.raises(TranscriptionError) as err:
-        engine.transcribe(np.zeros(16000 * 31, dtype=np.float32), 16000)
+        engine.transcribe(np.zeros(int(16000 * (engine.settings.max_utterance_s + 1)), dtype=np.float32), 16000)
     assert err.value.code == "audio-too-long"
 
 

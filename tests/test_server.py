@@ -28,6 +28,7 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 
 from benchmarks.corpus import CORPUS_DIR, normalize, wer
+from wyoming_amanuensis.config import Settings
 
 EVENT_TIMEOUT = 120.0  # generous: CI machines are slow and shared
 
@@ -400,11 +401,12 @@ async def test_utterance_over_the_maximum_is_refused_while_it_streams(amanuensis
     async with client_for(amanuensis_server) as client:
         await client.write_event(Transcribe().event())
         await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
-        for _ in range(31):  # default maximum: 30 s
+        limit = Settings().max_utterance_s
+        for _ in range(int(limit) + 1):  # one second over the default maximum
             await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=bytes(second)).event())
         # The error comes before audio-stop: the audio is dropped as soon as it is too long.
         error = await expect_error(client, "audio-too-long")
-        assert "30" in error.text
+        assert f"{limit:g}" in error.text
         for _ in range(5):  # the rest of that utterance is ignored
             await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=bytes(second)).event())
         await client.write_event(AudioStop().event())

@@ -61,6 +61,7 @@ class Settings:
     decoder_tail_chunk: int = _opt(10, "Fast decoder: pool the silence tail's cross-attention keys in chunks of this many positions (1 = exact, no pooling).")
     word_timestamps: bool = _opt(False, "Word-level timestamps from cross-attention alignment (one extra decoder pass).", aliases=("ENABLE_ALIGNMENT",))
     fast_alignment: bool = _opt(True, "Align from the cross-attention recorded during decoding instead of a second teacher-forced pass.", aliases=("FAST_ALIGNMENT",))
+    condition_on_previous_text: bool = _opt(False, "Long audio (over 30 s, decoded in consecutive windows): prompt each window with the text decoded before it, as openai-whisper does by default. Off by default: on the corpus's 117 s utterance it made the model skip 10 of 35 sentences (benchmarks/bench_long.py).")
     batch_decoding: bool = _opt(False, "Decode several queued requests together in one batch.", aliases=("ENABLE_BATCH_DECODING",))
     batch_decode_size: int = _opt(4, "Largest batch when batch decoding is on.", aliases=("BATCH_DECODE_SIZE",))
     threads: int = _opt(0, "torch CPU threads; 0 = all cores.")
@@ -71,7 +72,7 @@ class Settings:
     names_prompt: bool = _opt(False, "Also put the names in Whisper's prompt (wyoming-faster-whisper's way): the decoder reprocesses it on every request, so it costs more with every name.")
     # --- server -------------------------------------------------------------
     uri: str = _opt("tcp://0.0.0.0:10300", "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://.")
-    max_utterance_s: float = _opt(30.0, "Longest utterance accepted; longer audio is refused with an error event.")
+    max_utterance_s: float = _opt(120.0, "Longest utterance accepted; longer audio is refused with an error event. Audio over 30 s is transcribed in consecutive 30 s windows (a dictated note, a request to a language model).")
     queue_depth: int = _opt(16, "Requests that may wait for the engine; a client beyond that gets a busy error.")
     streaming: bool = _opt(True, "Offer streaming partial transcripts to clients that ask for them.")
     partial_interval_s: float = _opt(1.0, "Minimum seconds of new audio between partial transcripts.")

@@ -24,6 +24,7 @@ from .model.loader import WhisperModel
 from .model.modules import N_CTX_AUDIO, TextDecoder
 from .model.quantize import row_int8_linears
 from .model.silence import PooledTail
+from .timestamps import TimestampRules
 
 _LOG = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class DecodeOptions:
     # Asked before each token: True = nobody wants this result any more (a withdrawn
     # speculation, a client that left); the search stops and its tokens are meaningless.
     stop: Optional[Callable[[], bool]] = None
+    # Decode with timestamp tokens (long audio's windows, windows.py); such a request is decoded alone.
+    timestamps: bool = False
 
 
 @dataclass
@@ -157,6 +160,11 @@ class Decoder:
             if 0 <= i < n_vocab:
                 begin[i] = -math.inf
         self.suppress_begin = (mask + begin).to(self.device)
+        # with timestamps on, the timestamp tokens are allowed; TimestampRules orders them
+        mask[self.tok.timestamp_begin:] = 0.0
+        self.suppress_ts = mask.to(self.device)
+        self.suppress_begin_ts = (mask + begin).to(self.device)
+        self.timestamp_rules = TimestampRules(self.tok.timestamp_begin, self.tok.eot, self.tok.no_timestamps)
         self.alignment_layers = frozenset(layer for layer, _ in model.alignment_heads)
 
     def _check_silence(self, silence: torch.Tensor) -> None:
@@ -238,15 +246,32 @@ class Decoder:
             ids = torch.tensor([tok.languages[c] for c in codes], device=self.device)
             best = sot_logits[:, ids].argmax(dim=-1).tolist()
             languages = [lang or codes[i] for lang, i in zip(languages, best)]
-            rests = [tok.sot_sequence(lang)[1:] for lang in languages]
+            rests = [self._sot(lang, o)[1:] for lang, o in zip(languages, opts)]
             hidden, weights = self.net(torch.tensor(rests, device=self.device), cache, kv, weight_layers=weight_layers)
         else:
-            seqs = [h + tok.sot_sequence(lang) for h, lang in zip(heads, languages)]
+            seqs = [h + self._sot(lang, o) for h, lang, o in zip(heads, languages, opts)]
             hidden, weights = self.net(torch.tensor(seqs, device=self.device), cache, kv, weight_layers=weight_layers)
             sot_logits = self._logits(hidden[:, n_head])
         no_speech = torch.softmax(sot_logits, dim=-1)[:, tok.no_speech].tolist()
-        prefixes = [h + tok.sot_sequence(lang) for h, lang in zip(heads, languages)]
+        prefixes = [h + self._sot(lang, o) for h, lang, o in zip(heads, languages, opts)]
         return languages, no_speech, prefixes, self._logits(hidden[:, -1]), weights
+
+    def _sot(self, language: str, opts: DecodeOptions) -> list[int]:
+        seq = self.tok.sot_sequence(language)
+        return seq[:-1] if opts.timestamps else seq  # without <|notimestamps|>
+
+    def _masks(self, opts: DecodeOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first step's, later steps') suppression masks."""
+        if opts.timestamps:
+            return self.suppress_begin_ts, self.suppress_ts
+        return self.suppress_begin, self.suppress
+
+    def _scores(self, logits: torch.Tensor, suppress: torch.Tensor, opts: DecodeOptions,
+                sequences: list[list[int]]) -> torch.Tensor:
+        x = logits + suppress
+        if opts.timestamps:
+            x = self.timestamp_rules.apply(x, sequences)
+        return torch.log_softmax(x, dim=-1)
 
     def _head_rows(self, weights: dict, row: int = 0) -> torch.Tensor:
         """[heads, n, S] for the alignment heads out of per-layer weights [B, H, n, S] (or per row)."""
@@ -267,9 +292,9 @@ class Decoder:
         """Greedy decoding of several requests in one batch: each step reads the weights once
         for all of them. Requests are grouped by prompt length (positions must line up)."""
         results: list[Optional[DecodeResult]] = [None] * len(crosses)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, bool], list[int]] = {}
         for i, o in enumerate(opts):
-            groups.setdefault(len(o.prompt_tokens), []).append(i)
+            groups.setdefault((len(o.prompt_tokens), o.timestamps), []).append(i)
         for members in groups.values():
             for i, r in zip(members, self._greedy([crosses[i] for i in members], [opts[i] for i in members])):
                 results[i] = r
@@ -291,11 +316,11 @@ class Decoder:
         logprob_sum = [0.0] * batch
         limits = [min(o.max_tokens, self.model.dims.n_text_ctx - len(p) - 1) for o, p in zip(opts, prefixes)]
         active = [limit > 0 for limit in limits]
-        suppress = self.suppress_begin
+        suppress, later = self._masks(opts[0])  # a batch shares its options' timestamp mode
         last = [self.tok.eot] * batch
         while any(active):
-            logp = torch.log_softmax(logits + suppress, dim=-1)
-            suppress = self.suppress
+            logp = self._scores(logits, suppress, opts[0], tokens)
+            suppress = later
             best = logp.argmax(dim=-1).tolist()
             for b in range(batch):
                 # the bonus steers the choice; the text's log-probability (the silence rule) stays the model's
@@ -356,12 +381,12 @@ class Decoder:
         scores = torch.zeros(1, device=self.device)  # what ranks the beams: log-probability plus name bonuses
         model_scores = torch.zeros(1, device=self.device)  # the model's own log-probability
         finished: list[tuple[float, list[int], float]] = []  # (normalised score, tokens, sum logprob)
-        suppress = self.suppress_begin
+        suppress, later = self._masks(opts)
         for step in range(limit):
             if opts.stop is not None and opts.stop():
                 break
-            logp = torch.log_softmax(logits + suppress, dim=-1)
-            suppress = self.suppress
+            logp = self._scores(logits, suppress, opts, seqs)
+            suppress = later
             ranked = logp if opts.boost is None else torch.stack(
                 [opts.boost.scores(logp[r], seq) for r, seq in enumerate(seqs)])
             total = (scores[:, None] + ranked).flatten()

@@ -34,6 +34,7 @@ from .model.loader import WhisperModel, load_model
 from .model.silence import SilenceContext
 from .request import Job, Request, build_prompt
 from .result import Result, Timings
+from .windows import decode_windows, is_long
 
 _LOG = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class Engine:
         with self._lock:
             for w in live:
                 if not w.job.withdrawn:
-                    self._front(w)
+                    (self._long if is_long(w.audio.shape[0]) else self._front)(w)
             pending = [w for w in live if w.result is None and not w.job.withdrawn]
             for name in {w.loaded.model.name for w in pending}:
                 group = [w for w in pending if w.loaded.model.name == name]
@@ -248,6 +249,20 @@ class Engine:
             timings.npu_ms += w.enc.npu_ms
         with _stage(timings, "decoder"):
             w.cross = w.loaded.decoder.prepare(w.enc)
+
+    def _long(self, w: "_Work") -> None:
+        """All stages of an utterance longer than one window (windows.py), alone: its
+        windows are decoded one after another, each prompted by the text before it."""
+        tokenizer = w.loaded.model.tokenizer
+        out = decode_windows(w.loaded, w.audio, w.options, frames_for=self._window_frames,
+                             stage=lambda name: _stage(w.timings, name),
+                             condition=self.settings.condition_on_previous_text, want_words=w.want_words,
+                             cache=w.job.windows)
+        language = out.language or w.options.language or (None if tokenizer.multilingual else "en")
+        w.result = Result(text=tokenizer.decode(out.tokens).strip(), language=language, timings=w.timings,
+                          audio_seconds=w.seconds, tokens=len(out.tokens), encoder_backend=w.loaded.backend.name,
+                          model=w.loaded.model.name, words=out.words if w.want_words else None,
+                          token_ids=list(out.tokens))
 
     def _decode(self, works: list["_Work"]) -> None:
         decoder = works[0].loaded.decoder

@@ -71,6 +71,9 @@ class Job:
     # Set from the event loop when nobody wants the result any more (a withdrawn speculation,
     # a caller that left): the engine stops at its next stage or token instead of finishing.
     withdrawn: bool = False
+    # Long audio: the utterance's decoded windows (windows.py), shared by all its jobs (partials,
+    # speculations, the final) so that a window heard whole is decoded once; None = not kept.
+    windows: Optional[dict] = None
 
 
 # ---------------------------------------------------------------------------

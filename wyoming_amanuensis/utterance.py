@@ -51,6 +51,7 @@ class Utterance:
     partial_task: Optional[asyncio.Task] = None
     partial_at: int = 0  # samples the last partial decode saw
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    windows: dict = field(default_factory=dict)  # long audio's decoded windows (Job.windows)
 
     def add(self, audio: np.ndarray) -> None:
         if audio.size:
@@ -98,7 +99,7 @@ class Utterance:
     def _job(self, window: tuple[int, int], request: Request) -> Job:
         start, end = window
         return Job(audio=self.audio()[start:end], request=request, audio_ms=self.converter.ms,
-                   request_id=self.request_id)
+                   request_id=self.request_id, windows=self.windows)
 
     def partial_job(self) -> Job:
         # All the audio so far, as before the VAD: partial previews were tuned on it (the
