@@ -21,6 +21,7 @@ from .config import Settings
 from .model.ct2 import ModelFileError
 from .model.loader import ModelNotFoundError
 from .lifetime import EngineHost
+from .memory import tune_malloc
 from .pipeline import Engine
 from .server import AmanuensisServer
 from .telemetry import Telemetry
@@ -77,6 +78,7 @@ async def serve(settings: Settings, engine: Union[Engine, EngineHost], *, stop: 
 def run(settings: Settings) -> int:
     """``python -m wyoming_amanuensis``: listen at once, load the models (in the background with
     --preload, else at the first request), serve until SIGTERM."""
+    tune_malloc()
     try:
         host = EngineHost(settings)
     except (ModelNotFoundError, ModelFileError, ValueError) as err:

@@ -68,6 +68,14 @@ def return_freed_memory() -> None:
         pass
 
 
+def _decoder_on_cpu(settings: Settings) -> bool:
+    """Whether the decoder will run on the CPU, known before the backend is chosen (CUDA
+    keeps it on the GPU): then it is quantised while the model loads."""
+    if settings.encoder_backend == "cuda":
+        return False
+    return settings.encoder_backend != "auto" or not torch.cuda.is_available()
+
+
 def _backend_key(backend: EncoderBackend, settings: Settings) -> str:
     """What the silence encoding depends on besides the weights: the backend and its precision."""
     if backend.name == "npu":
@@ -112,7 +120,7 @@ class Engine:
 
     @staticmethod
     def _load_one(name: str, settings: Settings) -> LoadedModel:
-        model = load_model(name)
+        model = load_model(name, int8_decoder=settings.int8_decoder and _decoder_on_cpu(settings))
         backend = select_backend(model.encoder, settings)
         chunk = settings.silence_chunk or 1
 

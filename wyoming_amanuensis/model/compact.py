@@ -33,6 +33,8 @@ class Int8Embedding(nn.Module):
 def share_int8_embedding(net: nn.Module) -> bool:
     """Replace ``net.token_embedding`` by the int8 rows of ``net.proj`` when that projection is
     a dynamically quantised Linear with symmetric per-row scales; False (nothing changed) otherwise."""
+    if isinstance(net.token_embedding, Int8Embedding):
+        return True
     weight_fn = getattr(net.proj, "weight", None)
     if not callable(weight_fn):  # a float Linear: its weight is the embedding itself, already shared
         return False

@@ -9,6 +9,7 @@ architecture fails naming the tensor instead of loading garbage.
 
 from __future__ import annotations
 
+import gc
 import re
 
 import numpy as np
@@ -16,7 +17,9 @@ import torch
 from torch import nn
 
 from .ct2 import ModelFileError, dequantize
+from .compact import share_int8_embedding
 from .modules import N_CTX_AUDIO, AudioEncoder, Dims, TextDecoder
+from .quantize import int8_linears
 
 
 def dims_from_variables(v: dict[str, np.ndarray], path: str = "model.bin") -> Dims:
@@ -96,8 +99,8 @@ DECODER_LAYER = (
 )
 
 
-def _load_layers(blocks: nn.ModuleList, prefix: str, table: tuple, w: _Weights) -> None:
-    for i, block in enumerate(blocks):
+def _load_layers(blocks: nn.ModuleList, prefix: str, table: tuple, w: _Weights, first: int = 0) -> None:
+    for i, block in enumerate(blocks, start=first):
         for path, name in table:
             module = block.get_submodule(path)
             load = w.norm if isinstance(module, nn.LayerNorm) else w.linear
@@ -115,18 +118,30 @@ def _load_encoder(enc: AudioEncoder, w: _Weights) -> None:
     w.norm(enc.ln_post, "encoder/layer_norm")
 
 
-def _load_decoder(dec: TextDecoder, w: _Weights) -> None:
+def _load_decoder(dec: TextDecoder, w: _Weights, int8: bool) -> None:
     dims = dec.dims
     d = dims.width
-    dec.token_embedding.weight.data.copy_(w.get("decoder/embeddings/weight", (dims.n_vocab, d)))
-    dec.proj.weight = dec.token_embedding.weight  # tied, as in Whisper: one copy in memory
     dec.positions.copy_(w.get("decoder/position_encodings/encodings", (dims.n_text_ctx, d)))
-    _load_layers(dec.blocks, "decoder", DECODER_LAYER, w)
     w.norm(dec.ln, "decoder/layer_norm")
+    for i, block in enumerate(dec.blocks):
+        _load_layers(nn.ModuleList([block]), "decoder", DECODER_LAYER, w, first=i)
+        if int8:  # layer by layer: the float decoder never exists whole (peak memory of the load)
+            int8_linears(block, inplace=True)
+            gc.collect()  # quantize_dynamic leaves the float weights in reference cycles
+    # the fresh float32 array itself, not a copy of it: this matrix alone is 106 MB for base
+    dec.token_embedding.weight.data = w.get("decoder/embeddings/weight", (dims.n_vocab, d))
+    dec.proj.weight = dec.token_embedding.weight  # tied, as in Whisper: one copy in memory
+    if int8:
+        int8_linears(dec, inplace=True)  # only the projection is left as a float Linear
+        share_int8_embedding(dec)
+        gc.collect()
 
 
-def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin") -> tuple[Dims, AudioEncoder, TextDecoder]:
-    """The model's dimensions and its two networks, weights loaded, in eval mode without gradients."""
+def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin",
+                  int8_decoder: bool = False) -> tuple[Dims, AudioEncoder, TextDecoder]:
+    """The model's dimensions and its two networks, weights loaded, in eval mode without gradients.
+    ``int8_decoder``: the decoder's Linear layers quantised as they are loaded (``quantize.int8_linears``)
+    and its embedding read from the quantised projection (``compact.share_int8_embedding``)."""
     dims = dims_from_variables(variables, path)
     w = _Weights(variables, path)
     with torch.no_grad():
@@ -136,5 +151,5 @@ def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin") -> 
             enc, dec = AudioEncoder(dims), TextDecoder(dims)
         enc, dec = enc.to_empty(device="cpu"), dec.to_empty(device="cpu")
         _load_encoder(enc, w)
-        _load_decoder(dec, w)
+        _load_decoder(dec, w, int8_decoder)
     return dims, enc.eval().requires_grad_(False), dec.eval().requires_grad_(False)

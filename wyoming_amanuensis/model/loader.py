@@ -103,7 +103,8 @@ def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
     return name, directory, bytes(_read_parts(parts)) if len(parts) > 1 else None
 
 
-def load_model(name_or_path: str) -> WhisperModel:
+def load_model(name_or_path: str, int8_decoder: bool = False) -> WhisperModel:
+    """``int8_decoder``: quantise the decoder while loading (see ``build_modules``)."""
     name, directory, parts = locate(name_or_path)
     blob = _read_parts(parts) if len(parts) > 1 else None
     model_bin = str(directory / "model.bin") if blob is None else f"{directory}/model.bin.part1+part2"
@@ -113,7 +114,7 @@ def load_model(name_or_path: str) -> WhisperModel:
     except (OSError, json.JSONDecodeError) as err:
         raise ModelFileError(f"{config_path}: cannot read model config: {err}") from None
     variables = read_model_bin(blob if blob is not None else directory / "model.bin", name=model_bin)
-    dims, encoder, decoder = build_modules(variables, model_bin)
+    dims, encoder, decoder = build_modules(variables, model_bin, int8_decoder)
     del variables, blob
     tok_path = directory / "tokenizer.json"
     if not tok_path.is_file():
