@@ -29,7 +29,7 @@ import torch
 _LOG = logging.getLogger(__name__)
 
 # Bumped whenever what is stored, or how it is computed, changes.
-FORMAT = 1
+FORMAT = 2
 # Bytes hashed at each end of every model file (the middle is covered by size and mtime):
 # hashing all of base's 145 MB costs ~0.25 s here, more than the rest of a cache hit.
 EDGE_BYTES = 1 << 20
