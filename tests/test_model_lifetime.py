@@ -108,18 +108,6 @@ def test_no_disk_cache_when_asked(tiny_dir, tmp_path, caplog):
     assert settings_from(cache_dir=str(tmp_path)).silence_cache_dir() == tmp_path
 
 
-def test_int8_embedding_is_the_projection_and_small():
-    engine = Engine.load(settings_from(model="tiny.en", encoder_backend="cpu", threads=1, cache_dir="none"))
-    net = engine.models["tiny.en"].decoder.net
-    emb = net.token_embedding
-    assert emb.values.dtype == torch.int8  # 1 byte per weight instead of 4
-    q = net.proj.weight()
-    tokens = torch.tensor([[0, 50256, 440, 1203]])
-    expected = q.dequantize()[tokens[0]]
-    assert torch.allclose(emb(tokens)[0], expected)
-    assert not any(isinstance(m, torch.nn.Embedding) for m in net.modules())  # no float copy left
-
-
 # ---------------------------------------------------------------------------- server processes
 
 async def test_describe_answered_while_the_model_loads_then_requests_wait(server_factory):

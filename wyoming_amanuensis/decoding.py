@@ -22,7 +22,6 @@ from .biasing import NameBoost
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
 from .model.modules import N_CTX_AUDIO, TextDecoder
-from .model.compact import share_int8_embedding
 from .model.quantize import int8_linears
 from .model.silence import PooledTail
 
@@ -136,7 +135,6 @@ class Decoder:
                 raise ValueError("the int8 decoder runs on the CPU only")
             # in place: the float decoder is only ever used through this object
             module = int8_linears(module, inplace=True)
-            share_int8_embedding(module)
         elif self.device.type != "cpu":
             module = module.to(self.device)
         self.int8 = int8

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from .ct2 import ModelFileError, dequantize
-from .compact import share_int8_embedding
 from .modules import N_CTX_AUDIO, AudioEncoder, Dims, TextDecoder
 from .quantize import int8_linears
 
@@ -133,7 +132,6 @@ def _load_decoder(dec: TextDecoder, w: _Weights, int8: bool) -> None:
     dec.proj.weight = dec.token_embedding.weight  # tied, as in Whisper: one copy in memory
     if int8:
         int8_linears(dec, inplace=True)  # only the projection is left as a float Linear
-        share_int8_embedding(dec)
         gc.collect()
 
 
