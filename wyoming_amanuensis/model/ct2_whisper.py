@@ -138,8 +138,7 @@ def _load_decoder(dec: TextDecoder, w: _Weights, int8: bool) -> None:
 def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin",
                   int8_decoder: bool = False) -> tuple[Dims, AudioEncoder, TextDecoder]:
     """The model's dimensions and its two networks, weights loaded, in eval mode without gradients.
-    ``int8_decoder``: the decoder's Linear layers quantised as they are loaded (``quantize.int8_linears``)
-    and its embedding read from the quantised projection (``compact.share_int8_embedding``)."""
+    ``int8_decoder``: the decoder's Linear layers quantised as they are loaded (``quantize.int8_linears``)."""
     dims = dims_from_variables(variables, path)
     w = _Weights(variables, path)
     with torch.no_grad():
