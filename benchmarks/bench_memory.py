@@ -1,76 +1,88 @@
-"""Peak memory: Amanuensis vs faster-whisper, each in its own fresh process, same clips.
+"""Memory of the whole server process: Amanuensis vs wyoming-faster-whisper (faster-whisper
+int8, the same base weights), each a fresh process, the same burst of requests.
 
-    .venv/bin/python -m benchmarks.bench_memory [--model base] [--clips 10]
+    .venv/bin/python -m benchmarks.bench_memory --threads 1 --repeat 3
 
-Each system runs in a child process that loads the model, transcribes the
-first N corpus clips and reports its peak resident set size (ru_maxrss);
-the table gives the medians over --repeat runs and the ratio to each
-faster-whisper compute type.
+Each system is launched as the real server, waits until it answers ``describe``, then
+serves a burst as Wyoming clients over TCP: ``--clips`` corpus commands sent by
+``--concurrency`` clients at once (the first request also waits for the model to
+load, as Home Assistant's first command after a restart would). Measured from
+/proc/PID/status: the peak resident set over load and burst (VmHWM) and the resident
+set ``--settle-s`` seconds after the burst (VmRSS: what the server holds between
+commands). Amanuensis starts with its silence-encoding disk cache filled (one start
+beforehand, as every start after the first); a third row runs it with
+``--unload-after-s`` and reads its resident set once it has unloaded. Medians over
+--repeat rounds, interleaved; ratios against wyoming-faster-whisper from the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-CHILD = r"""
-import json, resource, sys, time
-kind, model, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from benchmarks.bench_engine import materialise_model
 from benchmarks.corpus import clips
-from wyoming_amanuensis.audio import to_16k
-audio = [to_16k(*c.read())[0] for c in clips()[:n]]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
-if kind == "amanuensis":
-    from wyoming_amanuensis.config import settings_from
-    from wyoming_amanuensis.pipeline import Engine
-    engine = Engine.load(settings_from(model=model, encoder_backend="cpu", threads=2))
-    run = lambda a: engine.transcribe(a, 16000).text
-else:
-    from faster_whisper import WhisperModel
-    fw = WhisperModel(sys.argv[4], device="cpu", compute_type=kind.split(":")[1], cpu_threads=2)
-    run = lambda a: " ".join(s.text for s in fw.transcribe(a, beam_size=5, language="en")[0])
-load_s = time.perf_counter() - t0
-for a in audio:
-    run(a)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "before_load_mb": base / 1024, "load_s": load_s}))
-"""
+from benchmarks.server_runs import launch, memory_mib, transcribe, wait_describe
+
+FW = "wyoming-faster-whisper"
+UNLOADED = "amanuensis --unload-after-s 2 (after unloading)"
+
+
+def one_run(system: str, args: argparse.Namespace, model_dir: Path, tmp: Path, tag: str, extra: tuple = ()) -> dict:
+    log = tmp / f"{tag}.log"
+    server = launch(system, args.threads, model_dir, tmp / "data", log, extra)
+    wavs = [c.path for c in clips()[:args.clips]]
+    try:
+        wait_describe(server)
+        transcribe(server.port, wavs[0])  # after the load
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(lambda w: transcribe(server.port, w), wavs))
+        if system == "amanuensis" and extra and "--unload-after-s" in extra:
+            deadline = time.monotonic() + 60
+            while "models unloaded after" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+                time.sleep(0.2)
+        time.sleep(args.settle_s)
+        mem = memory_mib(server.proc.pid)
+    finally:
+        server.stop()
+    return {"peak": mem["VmHWM"], "steady": mem["VmRSS"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="base")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of both servers")
     ap.add_argument("--clips", type=int, default=10)
+    ap.add_argument("--concurrency", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--fw-compute", default="int8,default")
+    ap.add_argument("--settle-s", type=float, default=2.0)
     args = ap.parse_args()
 
-    from benchmarks.bench_engine import materialise_model
-
-    root = Path(__file__).resolve().parents[1]
+    runs: dict[str, list[dict]] = {"amanuensis": [], FW: [], UNLOADED: []}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = materialise_model(args.model, Path(tmp) / args.model)
-        kinds = ["amanuensis"] + [f"faster-whisper:{c}" for c in args.fw_compute.split(",") if c]
-        runs: dict[str, list[dict]] = {k: [] for k in kinds}
-        for _ in range(args.repeat):
-            for kind in kinds:  # interleaved, fresh process each time
-                out = subprocess.run([sys.executable, "-c", CHILD, kind, args.model, str(args.clips), str(model_dir)],
-                                     cwd=root, capture_output=True, text=True, check=True)
-                runs[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    med = {k: statistics.median(r["peak_rss_mb"] for r in v) for k, v in runs.items()}
-    load = {k: statistics.median(r["load_s"] for r in v) for k, v in runs.items()}
-    fw = [k for k in kinds if k.startswith("faster-whisper")]
-    print(f"\nmodel {args.model}, {args.clips} clips, {args.repeat} fresh processes per system (medians)\n")
-    print("| system | peak RSS MB | model load s |" + "".join(f" RSS vs {k} |" for k in fw))
-    print("|---|---|---|" + "---|" * len(fw))
-    for k in kinds:
-        print(f"| {k} | {med[k]:.0f} | {load[k]:.1f} |" + "".join(f" {med[k] / med[f]:.2f} |" for f in fw))
+        tmp = Path(tmp)
+        model_dir = materialise_model("base", tmp / "whisper-base-ct2")
+        cache = ("--cache-dir", str(tmp / "cache"))
+        one_run("amanuensis", args, model_dir, tmp, "prime-cache", cache)
+        for r in range(args.repeat):  # interleaved, a fresh process each time
+            runs["amanuensis"].append(one_run("amanuensis", args, model_dir, tmp, f"a-{r}", cache))
+            runs[FW].append(one_run(FW, args, model_dir, tmp, f"fw-{r}"))
+            runs[UNLOADED].append(one_run("amanuensis", args, model_dir, tmp, f"u-{r}",
+                                          cache + ("--unload-after-s", "2")))
+            print(f"round {r + 1}: " + ", ".join(f"{k}: peak {v[-1]['peak']:.0f}, steady {v[-1]['steady']:.0f} MiB"
+                                                for k, v in runs.items()), flush=True)
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("peak", "steady")} for k, v in runs.items()}
+    fw = med[FW]
+    print(f"\nbase, {args.threads} thread(s), {args.clips} clips from {args.concurrency} concurrent clients, "
+          f"{args.repeat} fresh processes per system (medians, MiB)\n")
+    print(f"| system | peak RSS | RSS {args.settle_s:g} s after the burst | peak vs {FW} | steady vs {FW} |")
+    print("|---|---|---|---|---|")
+    for k, m in med.items():
+        print(f"| {k} | {m['peak']:.0f} | {m['steady']:.0f} | {m['peak'] / fw['peak']:.2f} | "
+              f"{m['steady'] / fw['steady']:.2f} |")
 
 
 if __name__ == "__main__":

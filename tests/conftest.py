@@ -33,6 +33,10 @@ pytest_plugins = ("tests.home_assistant_core",)
 SHARED_SERVER_ARGS = ("--model", "tiny.en", "--extra-models", "base", "--encoder-backend", "cpu", "--threads", "1")
 
 
+# What the server logs once its models are loaded (lifetime.EngineHost).
+READY_LINE = "models ready to transcribe"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -78,9 +82,9 @@ class ServerProcess:
 
 def start_server(extra_args: tuple = (), *, log_path: Path, uri: Optional[str] = None,
                  model_args: tuple = SHARED_SERVER_ARGS, env: Optional[dict] = None,
-                 startup_timeout: float = 240.0) -> ServerProcess:
+                 startup_timeout: float = 240.0, wait_loaded: bool = True) -> ServerProcess:
     """Start ``python -m wyoming_amanuensis`` and wait until it answers describe (tcp) or
-    logs that it listens (unix)."""
+    logs that it listens (unix), and (``wait_loaded``) until its models are loaded."""
     port = 0
     if uri is None:
         port = free_port()
@@ -95,9 +99,10 @@ def start_server(extra_args: tuple = (), *, log_path: Path, uri: Optional[str] =
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
-        if port and _describe_ok("127.0.0.1", port):
-            return server
-        if not port and "listening on" in server.log():
+        answering = _describe_ok("127.0.0.1", port) if port else "listening on" in server.log()
+        # The port answers while the models still load (--preload); the tests time requests, so
+        # they start once the engine is there.
+        if answering and (not wait_loaded or READY_LINE in server.log()):
             return server
         time.sleep(0.3)
     server.stop()

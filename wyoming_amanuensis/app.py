@@ -13,21 +13,23 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Optional
+from typing import Optional, Union
 from urllib.parse import urlparse
 
 from . import __version__
 from .config import Settings
 from .model.ct2 import ModelFileError
 from .model.loader import ModelNotFoundError
-from .pipeline import Engine, TranscriptionError
+from .lifetime import EngineHost
+from .memory import tune_malloc
+from .pipeline import Engine
 from .server import AmanuensisServer
 from .telemetry import Telemetry
 
 _LOG = logging.getLogger(__name__)
 
 
-async def serve(settings: Settings, engine: Engine, *, stop: Optional[asyncio.Event] = None,
+async def serve(settings: Settings, engine: Union[Engine, EngineHost], *, stop: Optional[asyncio.Event] = None,
                 ready: Optional[asyncio.Future] = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT), then shut down gracefully."""
     telemetry = Telemetry(settings, encoder_backend=engine.encoder_backend, models=list(engine.model_languages()),
@@ -74,18 +76,44 @@ async def serve(settings: Settings, engine: Engine, *, stop: Optional[asyncio.Ev
 
 
 def run(settings: Settings) -> int:
-    """``python -m wyoming_amanuensis``: load the models, serve until SIGTERM."""
+    """``python -m wyoming_amanuensis``: listen at once, load the models (in the background with
+    --preload, else at the first request), serve until SIGTERM."""
+    tune_malloc()
     try:
-        engine = Engine.load(settings)
-    except (ModelNotFoundError, ModelFileError, TranscriptionError, ValueError) as err:
+        host = EngineHost(settings)
+    except (ModelNotFoundError, ModelFileError, ValueError) as err:
         _LOG.error("cannot load the model: %s", err)
         return 1
     try:
-        asyncio.run(serve(settings, engine))
+        failed = asyncio.run(_serve_loading(settings, host))
     except OSError as err:  # e.g. the port is taken
         _LOG.error("cannot serve on %s: %s", settings.uri, err)
         return 1
     finally:
-        engine.close()
+        host.close()
+    if failed:
+        return 1
     _LOG.info("stopped")
     return 0
+
+
+async def _serve_loading(settings: Settings, host: EngineHost) -> bool:
+    """``serve`` with the background load started; True if that load failed (the server then
+    stops: a model that cannot load is a configuration error, as it was before lazy loading)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    failed: list[BaseException] = []
+
+    def loaded(err: Optional[BaseException]) -> None:  # on the loading thread
+        def note() -> None:
+            if err is not None:
+                _LOG.error("cannot load the model: %s", err)
+                failed.append(err)
+                stop.set()
+        with contextlib.suppress(RuntimeError):  # the loop already closed: nobody to tell
+            loop.call_soon_threadsafe(note)
+
+    if settings.preload:
+        host.start_loading(loaded)
+    await serve(settings, host, stop=stop)
+    return bool(failed)

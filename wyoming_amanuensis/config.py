@@ -65,6 +65,9 @@ class Settings:
     batch_decoding: bool = _opt(False, "Decode several queued requests together in one batch.", aliases=("ENABLE_BATCH_DECODING",))
     batch_decode_size: int = _opt(4, "Largest batch when batch decoding is on.", aliases=("BATCH_DECODE_SIZE",))
     threads: int = _opt(0, "torch CPU threads; 0 = all cores.")
+    cache_dir: Optional[str] = _opt(None, "Folder for the silence encoding that the fast decoder computes from each model's weights (one small file per model, keyed by the model file, checked on read and rebuilt when stale or corrupt): a restart then skips the encoder's 30 s silence pass. Default $XDG_CACHE_HOME/amanuensis (~/.cache/amanuensis); none = no disk cache.")
+    preload: bool = _opt(True, "Load the models in the background as soon as the server starts; off = at the first request. Either way the port answers describe at once and requests wait for the load.")
+    unload_after_s: float = _opt(0.0, "Free the models' memory after this many seconds without a request; the next request loads them again and waits for it. 0 = never unload.")
     # --- names (biasing.py): the request's transcript_names/terms and Home Assistant's names
     names_boost: float = _opt(0.0, "Bias decoding toward the known names: log-probability bonus for a token that continues a name (half of it for one that starts a name); 0 = off (measured: it fixes fewer names than names_snap and starts names that were not said).")
     names_snap: float = _opt(0.45, "After decoding, a run of words whose letters are at least this alike (0..1) a known name, sharing a word with it or alike word by word, is a candidate reading; 0 = off.")
@@ -136,6 +139,13 @@ class Settings:
     def telemetry_enabled(self) -> bool:
         return bool(self.mqtt_host)
 
+    def silence_cache_dir(self) -> Optional[Path]:
+        """Where the silence encodings are cached on disk, or None for no disk cache."""
+        if self.cache_dir is not None:
+            return None if self.cache_dir.strip().lower() == "none" else Path(self.cache_dir).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "amanuensis"
+
     def model_names(self) -> list[str]:
         names = [self.model] + [m for m in self.extra_models if m != self.model]
         return names
@@ -164,6 +174,8 @@ class Settings:
             raise bad("decoder_tail_chunk", "must be between 1 and 1500")
         if self.batch_decode_size < 1:
             raise bad("batch_decode_size", "must be at least 1")
+        if self.unload_after_s < 0:
+            raise bad("unload_after_s", "must be 0 (never) or more seconds")
         if self.threads < 0:
             raise bad("threads", "must be 0 (all cores) or more")
         if not 0 < self.mqtt_port < 65536:

