@@ -98,6 +98,15 @@ def test_no_counters_are_reported_as_unavailable(tmp_path):
     assert meter.status.as_dict() == {"available": False, "source": None, "reason": meter.status.reason}
 
 
+def test_zones_masked_by_a_container_runtime_are_reported_as_such(tmp_path):
+    # Inside Docker the /sys/class/powercap links stay but /sys/devices/virtual/powercap is masked.
+    (tmp_path / "powercap").mkdir()
+    (tmp_path / "powercap" / "intel-rapl:0").symlink_to(tmp_path / "devices" / "virtual" / "powercap" / "intel-rapl:0")
+    meter = EnergyMeter.detect(tmp_path / "powercap", tmp_path / "hwmon")
+    assert not meter.status.available
+    assert "intel-rapl:0" in meter.status.reason and "masked inside a container" in meter.status.reason
+
+
 def test_root_only_counters_are_reported_as_unreadable(tmp_path, monkeypatch):
     pkg = zone(tmp_path / "powercap", "intel-rapl:0", "package-0", 1)
     pkg.chmod(0o400)  # what the kernel does since 5.10; root still reads it, so a non-root open is faked too

@@ -18,8 +18,8 @@ socket counters. Only the ``package-N`` zones are summed (``psys`` and the
 sub-zones overlap them; ``intel-rapl-mmio`` duplicates the package). They
 measure the whole package, every process's work, so on a busy host a
 request is charged for its neighbours too. Since Linux 5.10 (CVE-2020-8694,
-"Platypus") ``energy_uj`` is readable by root only; the meter says so
-rather than guessing. Counters wrap at ``max_energy_range_uj``: a reading
+"Platypus") ``energy_uj`` is readable by root only, and container runtimes
+mask the counters by default; the meter says which rather than guessing. Counters wrap at ``max_energy_range_uj``: a reading
 below the previous one has wrapped once (at a few hundred watts the range
 lasts minutes, a stage lasts well under a second).
 """
@@ -126,6 +126,13 @@ class EnergyMeter:
         if not counters:
             counters, kind = _amd_energy_counters(hwmon), "hwmon amd_energy"
         if not counters:
+            listed = [p.name for p in powercap.glob("intel-rapl:*") if _TOP_ZONE.match(p.name)]
+            if listed:
+                # The links are there but lead nowhere: container runtimes mask
+                # /sys/devices/virtual/powercap by default (Docker and containerd since 2024).
+                return cls((), EnergyStatus(False, reason=f"powercap RAPL zones listed ({', '.join(sorted(listed))}) "
+                                                          "but their package counters cannot be read (masked inside "
+                                                          "a container, or no package zone)"))
             return cls((), EnergyStatus(False, reason="no RAPL package counters on this host "
                                                        f"(none in {powercap} or {hwmon})"))
         for c in counters:
