@@ -29,6 +29,7 @@ from wyoming.info import Describe, Info
 
 from benchmarks.corpus import CORPUS_DIR, normalize, wer
 from wyoming_amanuensis.config import Settings
+from wyoming_amanuensis.cost import EnergyMeter
 
 EVENT_TIMEOUT = 120.0  # generous: CI machines are slow and shared
 
@@ -133,6 +134,8 @@ async def test_describe_info(amanuensis_server):
     assert models["tiny.en"].languages == ["en"]
     assert {"en", "de", "fr", "es", "nl"} <= set(models["base"].languages)
     assert all(m.installed and m.attribution.name for m in models.values())
+    # Whether commands carry joules, said once at start-up (this repository's test host has no RAPL counters).
+    assert EnergyMeter.detect().status.describe() in program.description
 
 
 async def test_command_44k_stereo_in_1024_sample_chunks(amanuensis_server):
@@ -149,6 +152,9 @@ async def test_command_44k_stereo_in_1024_sample_chunks(amanuensis_server):
     assert t["audio_ms"] > 0  # 44.1 kHz stereo was really converted, chunk by chunk
     # (each value is rounded to 0.001 ms on the wire: allow that much per term)
     assert t["total_ms"] + 0.005 >= t["audio_ms"] + t["mel_ms"] + t["encoder_ms"] + t["decoder_ms"] > 0
+    # What it cost: CPU seconds of the engine's stages, at most every core for the whole time.
+    assert 0 < t["cpu_s"] <= (t["total_ms"] - t["audio_ms"]) / 1000 * os.cpu_count() + 0.001
+    assert (t["energy_j"] is None) == (not EnergyMeter.detect().available)  # unknown, not zero, where unreadable
     assert data["model"] == "base" and data["encoder_backend"] == "cpu"
     # What was transcribed is the VAD's window: up to a margin after the speech (2.5 s of quiet follow).
     start, end = data["window_s"]

@@ -18,6 +18,7 @@ from wyoming.info import Describe, Info
 
 from wyoming_amanuensis import app as app_mod
 from wyoming_amanuensis import request as request_mod
+from wyoming_amanuensis.cost import EnergyStatus
 from wyoming_amanuensis.config import settings_from
 from wyoming_amanuensis.pipeline import TranscriptionError
 from wyoming_amanuensis.request import Job, build_prompt
@@ -51,6 +52,9 @@ class FakeEngine:
 
     def backend_stats(self):
         return None
+
+    def energy_status(self):
+        return EnergyStatus(False, reason="a fake engine has no counters")
 
     def run(self, jobs):
         return [self._one(job) for job in jobs]
@@ -542,9 +546,10 @@ async def test_graceful_stop_gives_up_after_the_timeout():
 class RecordingTelemetry:
     instances: list["RecordingTelemetry"] = []
 
-    def __init__(self, settings, *, encoder_backend, models, version, backend_stats):
+    def __init__(self, settings, *, encoder_backend, models, version, backend_stats, energy_status):
         self.args = dict(encoder_backend=encoder_backend, models=models, version=version)
         self.backend_stats = backend_stats
+        self.energy_status = energy_status
         self.calls = []
         self.events = []
         RecordingTelemetry.instances.append(self)
@@ -577,6 +582,7 @@ async def test_serve_runs_telemetry_around_serving_and_records_requests(monkeypa
     assert telemetry.args == {"encoder_backend": "cpu", "models": ["fake", "fake.en"],
                               "version": app_mod.__version__}
     assert telemetry.backend_stats == engine.backend_stats
+    assert telemetry.energy_status == engine.energy_status
     host, port = server.address
     async with AsyncTcpClient(host, port) as client:
         await utterance(client, 1.0)

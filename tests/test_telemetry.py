@@ -6,6 +6,7 @@ what the telemetry published is read back with a plain aiomqtt subscriber.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -19,18 +20,22 @@ import pytest
 
 from tests.mqtt_broker import MosquittoBroker, Subscriber, free_port, make_tls_files, wait_until
 from wyoming_amanuensis.config import settings_from
+from wyoming_amanuensis.cost import EnergyStatus
 from wyoming_amanuensis.result import Result, Timings
 from wyoming_amanuensis.telemetry import RequestEvent, Telemetry
 from wyoming_amanuensis.telemetry import publisher as publisher_module
-from wyoming_amanuensis.telemetry.payloads import SENSORS, request_payload, stats_payload
+from wyoming_amanuensis.telemetry.payloads import SENSORS, discovery_configs, request_payload, stats_payload, \
+    topics_for
 from wyoming_amanuensis.telemetry.stats import RollingStats, percentile
 
 REPO = Path(__file__).resolve().parents[1]
+NO_ENERGY = EnergyStatus(False, reason="no RAPL package counters on this host")
+RAPL = EnergyStatus(True, source="powercap RAPL (package-0)")
 
 
 def make_result(total_ms: float = 370.75, **kw) -> Result:
     timings = Timings(audio_ms=1.25, mel_ms=3.5, encoder_ms=210.125, decoder_ms=150.0, alignment_ms=0.0,
-                      total_ms=total_ms, queue_ms=12.5)
+                      total_ms=total_ms, queue_ms=12.5, cpu_s=0.4125)
     return Result(text="turn on the lights", language="en", timings=timings, audio_seconds=1.8, tokens=7,
                   encoder_backend="cpu", model="tiny.en", **kw)
 
@@ -57,8 +62,9 @@ def broker(tmp_path):
 async def make_telemetry():
     started: list[Telemetry] = []
 
-    async def make(settings, start: bool = True) -> Telemetry:
-        telemetry = Telemetry(settings, encoder_backend="cpu", models=["tiny.en"], version="9.9.9")
+    async def make(settings, start: bool = True, energy: EnergyStatus = NO_ENERGY) -> Telemetry:
+        telemetry = Telemetry(settings, encoder_backend="cpu", models=["tiny.en"], version="9.9.9",
+                              energy_status=lambda: energy)
         if start:
             await telemetry.start()
         started.append(telemetry)
@@ -104,14 +110,15 @@ def test_answer_latency_and_speculation_outcomes_reach_the_stats():
     stats.add("busy")
     snap = stats.snapshot()
     assert (snap.last_answer_ms, snap.p50_answer_ms) == (300.0, 77.0)
-    payload = stats_payload(snap, encoder_backend="cpu", models=["base"], version="1", dropped=0)
+    payload = stats_payload(snap, encoder_backend="cpu", models=["base"], version="1", dropped=0, energy=NO_ENERGY)
     assert payload["answer_ms"] == {"last": 300.0, "p50": 77.0, "p95": pytest.approx(277.5)}
     assert payload["speculation"] == {"hit": 2, "joined": 1, "promoted": 0, "miss": 1, "none": 0, "hit_rate_pct": 75.0}
     event = RequestEvent(request_id="r", model="base", language="en", outcome="ok", result=make_result(),
                          answer_ms=1.23456, speculation="hit")
     sent = request_payload(event, include_text=False, default_backend="cpu")
     assert (sent["answer_ms"], sent["speculation"]) == (1.235, "hit")
-    empty = stats_payload(RollingStats().snapshot(), encoder_backend="cpu", models=[], version="1", dropped=0)
+    empty = stats_payload(RollingStats().snapshot(), encoder_backend="cpu", models=[], version="1", dropped=0,
+                          energy=NO_ENERGY)
     assert empty["speculation"]["hit_rate_pct"] is None and empty["answer_ms"]["p50"] is None
 
 
@@ -145,6 +152,52 @@ def test_rolling_window_forgets_old_samples_but_keeps_totals():
     snap = stats.snapshot()
     assert (snap.window_samples, snap.p95_latency_ms, snap.requests) == (1, 300.0, 3)
     assert snap.rss_bytes and snap.rss_bytes > 10_000_000  # any CPython process is bigger than 10 MB
+
+
+def test_cost_per_command_reaches_the_stats():
+    now = [1000.0]
+    stats = RollingStats(window_s=60.0, clock=lambda: now[0])
+    for cpu_s, energy_j in ((0.2, 3.0), (0.4, 5.0), (0.9, 10.0)):
+        stats.add("ok", 100.0, 0.5, cpu_s=cpu_s, energy_j=energy_j)
+    stats.add("busy")  # no result: costs nothing that is counted
+    measured = stats_payload(stats.snapshot(), encoder_backend="cpu", models=["base"], version="1", dropped=0,
+                             energy=RAPL)
+    assert measured["cpu_s_per_command"] == {"last": 0.9, "p50": 0.4, "mean": 0.5}
+    assert measured["energy_j_per_command"] == {"last": 10.0, "p50": 5.0, "mean": 6.0}
+    assert measured["energy_j_total"] == 18.0
+    assert measured["energy_meter"] == {"available": True, "source": "powercap RAPL (package-0)", "reason": None}
+    assert measured["process_cpu_s"] > 0
+    now[0] += 120  # the window forgets the samples, the total does not
+    later = stats_payload(stats.snapshot(), encoder_backend="cpu", models=["base"], version="1", dropped=0,
+                          energy=RAPL)
+    assert later["energy_j_per_command"]["mean"] is None and later["energy_j_total"] == 18.0
+
+    unmeasured = RollingStats()
+    unmeasured.add("ok", 100.0, 0.5, cpu_s=0.3, energy_j=None)
+    payload = stats_payload(unmeasured.snapshot(), encoder_backend="cpu", models=["base"], version="1", dropped=0,
+                            energy=NO_ENERGY)
+    assert payload["cpu_s_per_command"]["mean"] == 0.3
+    assert payload["energy_j_per_command"] == {"last": None, "p50": None, "mean": None}  # unknown, not 0
+    assert payload["energy_j_total"] is None
+    assert payload["energy_meter"]["available"] is False and "no RAPL" in payload["energy_meter"]["reason"]
+
+
+def test_discovery_declares_energy_sensors_only_where_counters_are_read():
+    topics = topics_for(settings_from(instance="box"))
+    energy_ids = {s.object_id for s in SENSORS if s.needs_energy}
+    assert energy_ids == {"energy_per_command", "energy_total"}
+    without = dict(discovery_configs(topics, version="1", models=["base"], energy_available=False))
+    assert {t.split("/")[-2] for t, c in without.items() if c is None} == energy_ids  # removed, if declared before
+    cpu = without["homeassistant/sensor/amanuensis_box/cpu_per_command/config"]
+    assert (cpu["unit_of_measurement"], cpu["device_class"], cpu["state_class"]) == ("s", "duration", "measurement")
+    with_energy = {t.split("/")[-2]: c for t, c in
+                   discovery_configs(topics, version="1", models=["base"], energy_available=True)}
+    per_command, total = with_energy["energy_per_command"], with_energy["energy_total"]
+    # Home Assistant 2025.4 allows device_class energy only with state_class total/total_increasing.
+    assert (per_command["unit_of_measurement"], per_command["state_class"]) == ("J", "measurement")
+    assert "device_class" not in per_command
+    assert (total["unit_of_measurement"], total["device_class"], total["state_class"]) == \
+        ("J", "energy", "total_increasing")
 
 
 async def test_disabled_without_a_broker_and_every_call_is_a_no_op():
@@ -197,16 +250,19 @@ async def test_request_message_fields_equal_the_results(broker, make_telemetry):
                 "model", "language"):
         assert message[key] == transcript_fields[key], key
     assert message["timings"] == {"audio_ms": 1.25, "mel_ms": 3.5, "encoder_ms": 210.125, "decoder_ms": 150.0,
-                                  "alignment_ms": 0.0, "names_ms": 0.0, "total_ms": 370.75, "queue_ms": 12.5, "npu_ms": 0.0}
+                                  "alignment_ms": 0.0, "names_ms": 0.0, "total_ms": 370.75, "queue_ms": 12.5, "npu_ms": 0.0,
+                                  "cpu_s": 0.412, "energy_j": None}
     assert message["request_id"] == "req-1" and message["outcome"] == "ok"
     assert message["queue_ms"] == 12.5 and message["latency_ms"] == 383.25
     assert "text" not in message  # privacy default
 
 
 async def test_discovery_configs_are_retained_and_wired_to_the_status_topic(broker, make_telemetry):
-    telemetry = await make_telemetry(settings_for(broker.port))
+    telemetry = await make_telemetry(settings_for(broker.port), energy=RAPL)
     await online(broker, telemetry)
-    telemetry.record(ok_event("a"))
+    measured = make_result()
+    measured.timings.energy_j = 2.5
+    telemetry.record(ok_event("a", measured))
     telemetry.record(RequestEvent("b", "tiny.en", "en", "busy"))
     # A client arriving later (Home Assistant after a restart) gets everything retained.
     async with Subscriber(broker, "homeassistant/#", telemetry.topics.status, telemetry.topics.stats) as sub:
@@ -244,6 +300,25 @@ async def test_discovery_configs_are_retained_and_wired_to_the_status_topic(brok
     assert float(render("realtime_factor")) == pytest.approx(round(make_result().realtime_factor, 4))
     assert (render("requests"), render("errors"), render("backend")) == ("2", "1", "cpu")
     assert render("encoder_fallbacks") == "0"
+    assert float(render("cpu_per_command")) == 0.4125
+    assert (float(render("energy_per_command")), float(render("energy_total"))) == (2.5, 2.5)
+
+
+async def test_a_restart_without_energy_counters_removes_the_energy_sensors(broker, make_telemetry):
+    first = await make_telemetry(settings_for(broker.port), energy=RAPL)
+    await online(broker, first)
+    await first.stop()
+    energy_topics = {first.topics.discovery(s.object_id) for s in SENSORS if s.needs_energy}
+    second = await make_telemetry(settings_for(broker.port))  # e.g. the counters became root-only
+    await online(broker, second)
+    # What Home Assistant reads after that: the retained configs, without the energy sensors.
+    async with Subscriber(broker, "homeassistant/#") as sub:
+        await sub.wait_for(lambda s: len(s.on("homeassistant/#")) == len(SENSORS) - len(energy_topics),
+                           what="the remaining discovery configs")
+        await asyncio.sleep(0.5)
+    assert not energy_topics & {m.topic.value for m in sub.on("homeassistant/#")}
+    stats = second.stats_snapshot()
+    assert stats["energy_meter"]["available"] is False and stats["energy_j_total"] is None
 
 
 async def test_online_then_retained_offline_on_clean_stop(broker, make_telemetry):

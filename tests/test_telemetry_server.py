@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import wave
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from wyoming.event import Event
 
 from benchmarks.corpus import CORPUS_DIR, normalize
 from tests.mqtt_broker import MosquittoBroker, Subscriber, wait_until
+from wyoming_amanuensis.cost import EnergyMeter
 from wyoming_amanuensis.speculation import USED
 from wyoming_amanuensis.telemetry.payloads import SENSORS
 
@@ -120,7 +122,25 @@ async def test_transcript_timings_equal_the_mqtt_message_and_sigterm_says_offlin
     outcome = transcript.data["speculation"]["outcome"]
     assert message["speculation"] == outcome and stats[-1]["speculation"][outcome] == 1
     assert stats[-1]["speculation"]["hit_rate_pct"] == (100.0 if outcome in USED else 0.0)
-    assert len(sub.on("homeassistant/#")) == len(SENSORS) and all(m.retain for m in sub.on("homeassistant/#"))
+    # What the command cost, in its timings and in the stats; this host's energy counters are
+    # unreadable or absent (said in the stats and the log), so no energy sensor is declared.
+    cost = message["timings"]
+    assert cost == transcript.data["timings"]
+    assert 0 < cost["cpu_s"] <= (cost["total_ms"] - cost["audio_ms"]) / 1000 * os.cpu_count() + 0.001
+    assert stats[-1]["cpu_s_per_command"]["last"] == pytest.approx(cost["cpu_s"], abs=1e-3)
+    assert stats[-1]["cpu_s_per_command"]["mean"] == pytest.approx(cost["cpu_s"], abs=1e-3)
+    assert stats[-1]["process_cpu_s"] >= cost["cpu_s"]
+    meter = EnergyMeter.detect().status
+    assert stats[-1]["energy_meter"] == meter.as_dict()
+    assert sum(meter.describe() in line for line in server.log().splitlines()) == 1
+    declared = [s for s in SENSORS if meter.available or not s.needs_energy]
+    if not meter.available:
+        assert cost["energy_j"] is None and stats[-1]["energy_j_per_command"]["last"] is None
+        assert stats[-1]["energy_j_total"] is None
+    configs = [m for m in sub.on("homeassistant/#") if m.payload]
+    assert len(configs) == len(declared) and all(m.retain for m in configs)
+    assert {json.loads(m.payload)["unique_id"].split("amanuensis_e2e_")[1] for m in configs} == \
+        {s.object_id for s in declared}
 
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0

@@ -21,7 +21,8 @@ def build_info(engine: Engine, settings: Settings) -> Info:
     ]
     return Info(asr=[AsrProgram(
         name=PROGRAM_NAME,
-        description=f"Amanuensis: local Whisper speech-to-text (encoder on {engine.encoder_backend})",
+        description=f"Amanuensis: local Whisper speech-to-text (encoder on {engine.encoder_backend}; "
+                    f"{engine.energy_status().describe()})",
         attribution=Attribution(name="Amanuensis", url=PROJECT_URL),
         installed=True,
         version=__version__,

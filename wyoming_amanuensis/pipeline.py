@@ -27,6 +27,7 @@ from . import align
 from .audio import SAMPLE_RATE, AudioFormatError, to_16k
 from .biasing import choose, name_boost, readings
 from .config import Settings
+from .cost import CostMeter, EnergyStatus
 from .decoding import CrossAttention, DecodeOptions, DecodeResult, Decoder, max_tokens_for
 from .encoders import EncoderBackend, EncoderOutput, select_backend
 from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
@@ -89,18 +90,21 @@ def _backend_key(backend: EncoderBackend, settings: Settings) -> str:
 
 
 @contextmanager
-def _stage(timings: Timings, name: str) -> Iterator[None]:
+def _stage(timings: Timings, name: str, meter: CostMeter) -> Iterator[None]:
     t0 = time.perf_counter()
     try:
-        yield
+        with meter.charge([timings]):
+            yield
     finally:
         setattr(timings, name + "_ms", getattr(timings, name + "_ms") + (time.perf_counter() - t0) * 1000.0)
 
 
 class Engine:
-    def __init__(self, settings: Settings, models: dict[str, LoadedModel]):
+    def __init__(self, settings: Settings, models: dict[str, LoadedModel], meter: Optional[CostMeter] = None):
         self.settings = settings
         self.models = models
+        # Charges each stage's CPU time and energy to its request (cost.py).
+        self.meter = meter if meter is not None else CostMeter()
         self.default_model = next(iter(models))
         # torch already spreads one request over every core; a second concurrent
         # request would only thrash the caches, so requests run one at a time.
@@ -161,6 +165,10 @@ class Engine:
     def backend_stats(self) -> Optional[dict]:
         """The default model's encoder backend counters (the NPU's; None for torch)."""
         return self.models[self.default_model].backend.stats()
+
+    def energy_status(self) -> EnergyStatus:
+        """Whether requests carry joules, from which counters, or why not."""
+        return self.meter.status
 
     # ------------------------------------------------------------- requests
     def transcribe(self, samples: np.ndarray, rate: int, request: Request = Request()) -> Result:
@@ -232,7 +240,8 @@ class Engine:
                                 record_alignment=want_words and self.settings.fast_alignment and beam == 1
                                 and other is None,
                                 stop=lambda: job.withdrawn)
-        timings = Timings(audio_ms=job.audio_ms, queue_ms=max(0.0, (start - job.submitted) * 1000.0))
+        timings = Timings(audio_ms=job.audio_ms, queue_ms=max(0.0, (start - job.submitted) * 1000.0),
+                          energy_j=self.meter.initial_energy())
         return _Work(job=job, loaded=loaded, audio=job.audio, seconds=seconds, options=options, want_words=want_words,
                      timings=timings, t0=start)
 
@@ -269,14 +278,14 @@ class Engine:
             language = w.options.language or (None if model.tokenizer.multilingual else "en")
             w.result = self._result(w, "", language, words=[])
             return
-        with _stage(timings, "mel"):
+        with _stage(timings, "mel", self.meter):
             frames = self._window_frames(audio.shape[0])
             mel = log_mel(audio, model.dims.n_mels, n_frames=frames)[None]
-        with _stage(timings, "encoder"):
+        with _stage(timings, "encoder", self.meter):
             w.enc = w.loaded.backend.encode(mel, w.loaded.context)
             w.enc.tail_cached = frames < N_FRAMES_30S
             timings.npu_ms += w.enc.npu_ms
-        with _stage(timings, "decoder"):
+        with _stage(timings, "decoder", self.meter):
             w.cross = w.loaded.decoder.prepare(w.enc)
 
     def _long(self, w: "_Work") -> None:
@@ -296,10 +305,11 @@ class Engine:
     def _decode(self, works: list["_Work"]) -> None:
         decoder = works[0].loaded.decoder
         t0 = time.perf_counter()
-        if len(works) == 1:
-            decoded = [decoder.decode(works[0].cross, works[0].options)]
-        else:
-            decoded = decoder.decode_batch([j.cross for j in works], [j.options for j in works])
+        with self.meter.charge([w.timings for w in works]):  # a batch's cost, split evenly
+            if len(works) == 1:
+                decoded = [decoder.decode(works[0].cross, works[0].options)]
+            else:
+                decoded = decoder.decode_batch([j.cross for j in works], [j.options for j in works])
         elapsed = (time.perf_counter() - t0) * 1000.0
         for w, dec in zip(works, decoded):
             w.dec = dec
@@ -315,7 +325,7 @@ class Engine:
             else:
                 words = None
                 if w.want_words:
-                    with _stage(w.timings, "alignment"):
+                    with _stage(w.timings, "alignment", self.meter):
                         weights = dec.alignment_weights
                         if weights is None or weights.shape[1] != len(dec.tokens) + 1:
                             weights = w.loaded.decoder.alignment_pass(w.cross, dec)
@@ -323,7 +333,7 @@ class Engine:
                         words = align.word_timestamps(weights, dec.tokens, model.tokenizer, positions, dec.language)
                 text = model.tokenizer.decode(dec.tokens).strip()
                 if w.job.request.names and self.settings.names_snap > 0 and not w.job.request.partial:
-                    with _stage(w.timings, "names"):
+                    with _stage(w.timings, "names", self.meter):
                         text = self._snap_names(w, text)
                 w.result = self._result(w, text, dec.language, words=words)
         w.timings.total_ms = w.timings.audio_ms + (time.perf_counter() - w.t0) * 1000.0

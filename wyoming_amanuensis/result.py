@@ -11,7 +11,7 @@ from typing import Optional
 
 @dataclass
 class Timings:
-    """Milliseconds per stage, all filled by the engine. ``audio_ms`` is the
+    """Milliseconds per stage (and the request's cost), all filled by the engine. ``audio_ms`` is the
     conversion to 16 kHz (done as the audio arrived, by :class:`audio.Converter`);
     ``total_ms`` is that plus the wall time of the rest of the pipeline (it can
     exceed the sum of stages by the glue between them)."""
@@ -27,9 +27,15 @@ class Timings:
     queue_ms: float = 0.0
     # Time the NPU spent on this request's kernels (0 unless the npu backend ran).
     npu_ms: float = 0.0
+    # What the request cost (cost.py): process CPU seconds over its engine stages, its
+    # share of a batched decode; and the CPU package energy meanwhile, None where the
+    # host's counters are absent or unreadable. Not the audio conversion or VAD done
+    # as the audio arrived.
+    cpu_s: float = 0.0
+    energy_j: Optional[float] = None
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: round(v, 3) for k, v in asdict(self).items()}
+    def as_dict(self) -> dict[str, Optional[float]]:
+        return {k: None if v is None else round(v, 3) for k, v in asdict(self).items()}
 
 
 @dataclass

@@ -19,6 +19,7 @@ import logging
 from typing import Callable, Optional
 
 from ..config import Settings
+from ..cost import EnergyStatus
 from .payloads import OFFLINE, ONLINE, RequestEvent, Topics, discovery_configs, encode, latency_ms, \
     request_payload, stats_payload, topics_for
 from .publisher import BrokerConfig, Message, Publisher, wake
@@ -35,9 +36,11 @@ STATS_AFTER_REQUEST_S = 1.0
 
 class Telemetry:
     def __init__(self, settings: Settings, *, encoder_backend: str, models: list[str], version: str,
-                 backend_stats: Callable[[], Optional[dict]] = lambda: None) -> None:
+                 backend_stats: Callable[[], Optional[dict]] = lambda: None,
+                 energy_status: Callable[[], EnergyStatus] = lambda: EnergyStatus(False, reason="not measured")) -> None:
         self.settings = settings
         self.backend_stats = backend_stats
+        self.energy_status = energy_status
         self.encoder_backend = encoder_backend
         self.models = list(models)
         self.version = version
@@ -94,7 +97,9 @@ class Telemetry:
                            result.realtime_factor if result else None,
                            result.timings.npu_ms if result else 0.0,
                            fallback=bool(result and result.encoder_fallback),
-                           answer_ms=event.answer_ms, speculation=event.speculation)
+                           answer_ms=event.answer_ms, speculation=event.speculation,
+                           cpu_s=result.timings.cpu_s if result else 0.0,
+                           energy_j=result.timings.energy_j if result else None)
             payload = request_payload(event, include_text=self.settings.mqtt_include_text,
                                       default_backend=self.encoder_backend)
             self.publisher.submit(Message(self.topics.request, encode(payload), qos=self._qos))
@@ -110,7 +115,7 @@ class Telemetry:
         """The stats payload as it would be published now."""
         return stats_payload(self.stats.snapshot(), encoder_backend=self.encoder_backend, models=self.models,
                              version=self.version, dropped=self.publisher.dropped if self.publisher else 0,
-                             backend_stats=self.backend_stats())
+                             energy=self.energy_status(), backend_stats=self.backend_stats())
 
     # ------------------------------------------------------------------ internals
     def _status(self, value: str) -> Message:
@@ -123,8 +128,10 @@ class Telemetry:
         """Retained state, re-sent on every (re)connection because a restarted
         broker without persistence has forgotten it: discovery first so Home
         Assistant knows the entities before their availability and values."""
-        messages = [Message(topic, encode(config), qos=self._control_qos, retain=True)
-                    for topic, config in discovery_configs(self.topics, version=self.version, models=self.models)]
+        configs = discovery_configs(self.topics, version=self.version, models=self.models,
+                                    energy_available=self.energy_status().available)
+        messages = [Message(topic, b"" if config is None else encode(config), qos=self._control_qos, retain=True)
+                    for topic, config in configs]
         messages.append(self._status(ONLINE))
         messages.append(self._stats_message())
         return messages

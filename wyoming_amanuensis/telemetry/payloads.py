@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..config import Settings
+from ..cost import EnergyStatus
 from ..result import Result
 from ..speculation import OUTCOMES, USED
 from .stats import StatsSnapshot
@@ -108,9 +109,12 @@ def request_payload(event: RequestEvent, *, include_text: bool, default_backend:
 
 
 def stats_payload(snapshot: StatsSnapshot, *, encoder_backend: str, models: list[str], version: str,
-                  dropped: int, backend_stats: Optional[dict] = None, now: Optional[float] = None) -> dict[str, Any]:
+                  dropped: int, energy: EnergyStatus, backend_stats: Optional[dict] = None,
+                  now: Optional[float] = None) -> dict[str, Any]:
     """``backend_stats``: the encoder backend's own counters (the NPU's: precision,
-    fallbacks, disabled state and why), published as ``npu``; null for torch."""
+    fallbacks, disabled state and why), published as ``npu``; null for torch.
+    ``energy``: whether the host's energy counters are read (``energy_meter``);
+    where they are not, the energy figures are null, not 0."""
     def rounded(v: Optional[float], digits: int = 3) -> Optional[float]:
         return None if v is None else round(v, digits)
 
@@ -140,6 +144,21 @@ def stats_payload(snapshot: StatsSnapshot, *, encoder_backend: str, models: list
         },
         "speculation": speculation_stats(snapshot.speculation),
         "rss_bytes": snapshot.rss_bytes,
+        "process_cpu_s": round(snapshot.process_cpu_s, 3),
+        # What one command cost (cost.py): process CPU seconds over its engine stages and the
+        # CPU package energy meanwhile, over the same window as the latencies.
+        "cpu_s_per_command": {
+            "last": rounded(snapshot.last_cpu_s, 4),
+            "p50": rounded(snapshot.p50_cpu_s, 4),
+            "mean": rounded(snapshot.mean_cpu_s, 4),
+        },
+        "energy_j_per_command": {
+            "last": rounded(snapshot.last_energy_j),
+            "p50": rounded(snapshot.p50_energy_j),
+            "mean": rounded(snapshot.mean_energy_j),
+        },
+        "energy_j_total": round(snapshot.energy_total_j, 3) if energy.available else None,
+        "energy_meter": energy.as_dict(),
         # Only meaningful where an NPU does the work; null elsewhere so a dashboard
         # does not show a misleading 0 %.
         "npu_busy_share": round(snapshot.npu_busy_share, 4) if encoder_backend == "npu" else None,
@@ -168,6 +187,7 @@ class SensorSpec:
     precision: Optional[int] = None
     icon: Optional[str] = None
     diagnostic: bool = False
+    needs_energy: bool = False      # only declared where the host's energy counters are read
 
 
 # All sensors read the retained stats topic: Home Assistant gets every value
@@ -194,12 +214,26 @@ SENSORS: tuple[SensorSpec, ...] = (
     # given up for good, the stats' npu.disabled_reason says why.
     SensorSpec("encoder_fallbacks", "Encoder fallbacks", "{{ value_json.encoder_fallbacks }}",
                state_class="total_increasing", icon="mdi:swap-horizontal", diagnostic=True),
+    SensorSpec("cpu_per_command", "CPU time per command", "{{ value_json.cpu_s_per_command.mean }}",
+               unit="s", device_class="duration", state_class="measurement", precision=3, icon="mdi:cpu-64-bit"),
+    # Home Assistant's energy device class accepts J but only with state_class total or
+    # total_increasing (2025.4: sensor/const.py DEVICE_CLASS_STATE_CLASSES); a per-command
+    # figure is a measurement, so it carries the unit without the class, and the running
+    # total is the energy-class sensor (usable in statistics and the energy dashboard).
+    SensorSpec("energy_per_command", "Energy per command", "{{ value_json.energy_j_per_command.mean }}",
+               unit="J", state_class="measurement", precision=2, icon="mdi:lightning-bolt", needs_energy=True),
+    SensorSpec("energy_total", "Energy used by commands", "{{ value_json.energy_j_total }}",
+               unit="J", device_class="energy", state_class="total_increasing", precision=0,
+               needs_energy=True),
 )
 
 
-def discovery_configs(topics: Topics, *, version: str, models: list[str]) -> list[tuple[str, dict[str, Any]]]:
+def discovery_configs(topics: Topics, *, version: str, models: list[str],
+                      energy_available: bool) -> list[tuple[str, Optional[dict[str, Any]]]]:
     """(topic, config) for each Home Assistant sensor; all of them share one device
-    block, which is what groups them under the single device "Amanuensis"."""
+    block, which is what groups them under the single device "Amanuensis". Energy
+    sensors on a host without readable counters get None: published as an empty
+    retained config, which removes an entity an earlier run declared."""
     device = {
         "identifiers": [topics.node_id],
         "name": DEVICE_NAME,
@@ -209,6 +243,9 @@ def discovery_configs(topics: Topics, *, version: str, models: list[str]) -> lis
     }
     out = []
     for spec in SENSORS:
+        if spec.needs_energy and not energy_available:
+            out.append((topics.discovery(spec.object_id), None))
+            continue
         config: dict[str, Any] = {
             "name": spec.name,
             "unique_id": f"{topics.node_id}_{spec.object_id}",

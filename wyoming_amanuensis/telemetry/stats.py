@@ -29,6 +29,8 @@ class Sample:
     realtime_factor: float
     npu_ms: float
     answer_ms: Optional[float]  # end of the utterance to the transcript: what the user waited for
+    cpu_s: float                # process CPU seconds the engine's stages took for it (cost.py)
+    energy_j: Optional[float]   # CPU package energy meanwhile; None where the counters are unavailable
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class StatsSnapshot:
     speculation: dict[str, int]  # finals per speculation outcome, since start
     npu_busy_share: float
     rss_bytes: Optional[int]
+    process_cpu_s: float             # the whole process's CPU time since it started
+    last_cpu_s: Optional[float]
+    p50_cpu_s: Optional[float]
+    mean_cpu_s: Optional[float]
+    last_energy_j: Optional[float]
+    p50_energy_j: Optional[float]
+    mean_energy_j: Optional[float]
+    energy_total_j: float            # joules charged to requests since start (only ever grows)
 
 
 def percentile(sorted_values: list[float], q: float) -> Optional[float]:
@@ -61,6 +71,10 @@ def percentile(sorted_values: list[float], q: float) -> Optional[float]:
     lo = int(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def mean(values: list[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
 
 
 def process_rss_bytes() -> Optional[int]:
@@ -89,6 +103,9 @@ class RollingStats:
     errors_by_code: collections.Counter = field(default_factory=collections.Counter)
     last_latency_ms: Optional[float] = None
     last_answer_ms: Optional[float] = None
+    last_cpu_s: Optional[float] = None
+    last_energy_j: Optional[float] = None
+    energy_total_j: float = 0.0
     speculation: collections.Counter = field(default_factory=collections.Counter)
     _samples: collections.deque = field(default_factory=collections.deque, repr=False)
     _started: float = field(default=0.0, repr=False)
@@ -99,7 +116,7 @@ class RollingStats:
 
     def add(self, outcome: str, latency_ms: Optional[float] = None, realtime_factor: Optional[float] = None,
             npu_ms: float = 0.0, fallback: bool = False, answer_ms: Optional[float] = None,
-            speculation: Optional[str] = None) -> None:
+            speculation: Optional[str] = None, cpu_s: float = 0.0, energy_j: Optional[float] = None) -> None:
         """Count one finished request. Only requests that produced a result carry
         a latency; an empty utterance is ok yet has none."""
         self.requests += 1
@@ -113,7 +130,10 @@ class RollingStats:
             self.errors_by_code[outcome] += 1
         if latency_ms is not None:
             self.last_latency_ms = latency_ms
-            self._samples.append(Sample(self.clock(), latency_ms, realtime_factor or 0.0, npu_ms, answer_ms))
+            self.last_cpu_s, self.last_energy_j = cpu_s, energy_j
+            self.energy_total_j += energy_j or 0.0
+            self._samples.append(Sample(self.clock(), latency_ms, realtime_factor or 0.0, npu_ms, answer_ms,
+                                        cpu_s, energy_j))
 
     def snapshot(self) -> StatsSnapshot:
         now = self.clock()
@@ -122,6 +142,8 @@ class RollingStats:
         samples = list(self._samples)
         latencies = sorted(s.latency_ms for s in samples)
         answers = sorted(s.answer_ms for s in samples if s.answer_ms is not None)
+        cpu = sorted(s.cpu_s for s in samples)
+        energy = sorted(s.energy_j for s in samples if s.energy_j is not None)
         # Busy share: NPU time over the wall time the window covers, which is
         # less than the window just after start (or a fresh start looks idle).
         span_ms = max(min(self.window_s, now - self._started), 1e-3) * 1000.0
@@ -143,4 +165,12 @@ class RollingStats:
             speculation=dict(self.speculation),
             npu_busy_share=min(sum(s.npu_ms for s in samples) / span_ms, 1.0),
             rss_bytes=process_rss_bytes(),
+            process_cpu_s=time.process_time(),
+            last_cpu_s=self.last_cpu_s,
+            p50_cpu_s=percentile(cpu, 50),
+            mean_cpu_s=mean(cpu),
+            last_energy_j=self.last_energy_j,
+            p50_energy_j=percentile(energy, 50),
+            mean_energy_j=mean(energy),
+            energy_total_j=self.energy_total_j,
         )
