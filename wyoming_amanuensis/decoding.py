@@ -160,7 +160,9 @@ class Decoder:
             if 0 <= i < n_vocab:
                 begin[i] = -math.inf
         self.suppress_begin = (mask + begin).to(self.device)
-        # with timestamps on, the timestamp tokens are allowed; TimestampRules orders them
+        # with timestamps on, the timestamp tokens are allowed; TimestampRules orders them.
+        # A copy: on the CPU .to() returned ``mask`` itself, which self.suppress still is.
+        mask = mask.clone()
         mask[self.tok.timestamp_begin:] = 0.0
         self.suppress_ts = mask.to(self.device)
         self.suppress_begin_ts = (mask + begin).to(self.device)

@@ -19,6 +19,7 @@ import time
 from typing import Callable, Optional, Union
 
 from .config import Settings
+from .cost import CostMeter, EnergyStatus
 from .model.describe import model_languages
 from .pipeline import Engine, TranscriptionError, return_freed_memory
 from .request import Job
@@ -30,9 +31,10 @@ _LOG = logging.getLogger(__name__)
 class EngineHost:
     """The engine's lifetime, behind the part of its interface the server uses."""
 
-    def __init__(self, settings: Settings, load: Callable[[Settings], Engine] = Engine.load):
+    def __init__(self, settings: Settings, load: Callable[..., Engine] = Engine.load):
         self.settings = settings
         self._load = load
+        self.meter = CostMeter()  # one per process: every engine loaded here charges to it
         # Raises ModelNotFoundError/ModelFileError here, before the port opens, for a model
         # that is missing outright; a damaged model.bin is found by the load itself.
         self._languages = dict(model_languages(name) for name in settings.model_names())
@@ -61,6 +63,9 @@ class EngineHost:
     def backend_stats(self) -> Optional[dict]:
         engine = self._engine
         return engine.backend_stats() if engine is not None else None
+
+    def energy_status(self) -> EnergyStatus:
+        return self.meter.status
 
     def run(self, jobs: list[Job]) -> list[Union[Result, TranscriptionError]]:
         """``Engine.run``, after waiting for (or doing) the load."""
@@ -128,7 +133,7 @@ class EngineHost:
         t0 = time.perf_counter()
         engine: Optional[Engine] = None
         try:
-            engine = self._load(self.settings)
+            engine = self._load(self.settings, meter=self.meter)
         except BaseException as err:
             with self._cond:
                 self._error = err

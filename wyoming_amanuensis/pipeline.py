@@ -112,7 +112,9 @@ class Engine:
 
     # ---------------------------------------------------------------- set-up
     @classmethod
-    def load(cls, settings: Settings) -> "Engine":
+    def load(cls, settings: Settings, meter: Optional[CostMeter] = None) -> "Engine":
+        """``meter``: the cost meter to charge requests to (one per process: it logs what it can
+        measure once, and outlives an idle unload); a new one when not given."""
         torch.set_num_threads(settings.threads or os.cpu_count() or 1)
         models: dict[str, LoadedModel] = {}
         for name in settings.model_names():
@@ -121,7 +123,7 @@ class Engine:
             models[loaded.model.name] = loaded
             _LOG.info("model %s ready on %s in %.1f s", loaded.model.name, loaded.backend.name, time.perf_counter() - t0)
         return_freed_memory()
-        return cls(settings, models)
+        return cls(settings, models, meter)
 
     @staticmethod
     def _load_one(name: str, settings: Settings) -> LoadedModel:
@@ -293,7 +295,7 @@ class Engine:
         windows are decoded one after another, each prompted by the text before it."""
         tokenizer = w.loaded.model.tokenizer
         out = decode_windows(w.loaded, w.audio, w.options, frames_for=self._window_frames,
-                             stage=lambda name: _stage(w.timings, name),
+                             stage=lambda name: _stage(w.timings, name, self.meter),
                              condition=self.settings.condition_on_previous_text, want_words=w.want_words,
                              cache=w.job.windows)
         language = out.language or w.options.language or (None if tokenizer.multilingual else "en")

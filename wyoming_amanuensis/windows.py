@@ -105,6 +105,9 @@ def decode_windows(loaded, audio: np.ndarray, options: DecodeOptions, *, frames_
             seek += size
             continue
         kept, advance = segments(tokens, begin, size)
+        # The last window is short: past its audio the encoder saw only the cached silence, and
+        # a segment the model places there is invented (it repeated earlier commands at the end).
+        kept = [s for s in kept if s.start < size / FRAMES_PER_SECOND]
         advance = _resume_early_end(tokens, begin, size, advance)
         text = [t for s in kept for t in s.tokens]
         if want_words and text:
