@@ -1,6 +1,6 @@
 """Throughput without losing latency (issue 13, item 2): many clients at once.
 
-    .venv/bin/python -m benchmarks.bench_load [--threads 1] [--clients 8] [--configs default,batch]
+    .venv/bin/python -m benchmarks.bench_load [--threads 1] [--clients 8] [--configs default;batch;workers2]
         [--burst 50] [--depths 16,64] [--limit N] [--keep-logs DIR]
 
 Every system is its own server process (bundled base weights, language en,
@@ -24,7 +24,8 @@ Every system is its own server process (bundled base weights, language en,
   ``retry_after_s``), and the slowest answer.
 
 Configs: ``default`` (the server's defaults), ``batch`` (``--batch-decoding``,
-``--batch-decode-size 8``), ``nospec`` (``--no-speculate``), or
+``--batch-decode-size 8``), ``workers2`` (``--workers 2``: two commands computed
+at once, each on ``--threads`` torch threads), ``nospec`` (``--no-speculate``), or
 ``name:--flag,--flag value`` for any other.
 """
 
@@ -53,7 +54,8 @@ from benchmarks.corpus import SHORT_COMMAND_S, clips, normalize, wer
 from wyoming_amanuensis.audio import to_16k
 
 WFW = "wyoming-faster-whisper"
-CONFIGS = {"default": [], "batch": ["--batch-decoding", "--batch-decode-size", "8"], "nospec": ["--no-speculate"]}
+CONFIGS = {"default": [], "batch": ["--batch-decoding", "--batch-decode-size", "8"], "nospec": ["--no-speculate"],
+           "workers2": ["--workers", "2"]}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -185,7 +187,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--stagger-s", type=float, default=0.4)
     ap.add_argument("--trailing-s", type=float, default=0.7)
     ap.add_argument("--noise-dbfs", type=float, default=-60.0)
-    ap.add_argument("--configs", default="default;batch", help="';'-separated; see the module doc")
+    ap.add_argument("--configs", default="default;batch;workers2", help="';'-separated; see the module doc")
     ap.add_argument("--burst", type=int, default=50)
     ap.add_argument("--depths", default="16,64")
     ap.add_argument("--burst-config", default="batch", help="the config (of --configs) the burst runs against")

@@ -232,7 +232,7 @@ SUPERVISOR_MQTT = {"host": "core-mosquitto", "port": 1883, "ssl": False, "protoc
                    "username": "addons", "password": "supervisor-secret"}
 SERVER = ["-m", "wyoming_amanuensis", "--uri", "tcp://0.0.0.0:10300"]
 DEFAULT_ARGV = SERVER + ["--model", "base", "--beam-size", "1", "--beam-size-non-english", "5", "--encoder-backend", "auto",
-                         "--max-utterance-s", "120", "--unload-after-s", "0",
+                         "--max-utterance-s", "120", "--unload-after-s", "0", "--workers", "1",
                          "--cache-dir", "/data/cache", "--int8-decoder", "--no-word-timestamps",
                          "--streaming", "--no-debug", "--ha-url", "ws://supervisor/core/websocket"]
 
@@ -250,11 +250,11 @@ RUN_CASES = {
     "custom model": (
         {"model": "custom", "custom_model": "my-whisper", "language": "de", "beam_size": 5, "beam_size_non_english": 3,
          "int8_decoder": False, "word_timestamps": True, "streaming": False,
-         "max_utterance_seconds": 60, "unload_after_seconds": 600, "debug_logging": True},
+         "max_utterance_seconds": 60, "unload_after_seconds": 600, "workers": 2, "debug_logging": True},
         None,
         SERVER + ["--model", "/config/models/my-whisper", "--language", "de", "--beam-size", "5",
                   "--beam-size-non-english", "3", "--encoder-backend", "auto", "--max-utterance-s", "60",
-                  "--unload-after-s", "600", "--cache-dir", "/data/cache", "--no-int8-decoder",
+                  "--unload-after-s", "600", "--workers", "2", "--cache-dir", "/data/cache", "--no-int8-decoder",
                   "--word-timestamps", "--no-streaming", "--debug", "--ha-url", "ws://supervisor/core/websocket"],
         None,
     ),

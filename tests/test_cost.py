@@ -165,6 +165,38 @@ def test_charge_splits_cpu_and_energy_evenly_over_a_batch(tmp_path):
     assert 0.2 / 4 <= shares[0].cpu_s <= spent / 4 + 1e-9
 
 
+def test_overlapping_charges_share_the_process_time_instead_of_each_taking_all_of_it(tmp_path):
+    """--pipeline: an encoder and a decoder charged at the same time on two threads. The
+    process CPU (and energy) of the overlap is split between them: the charges add up to
+    what the process spent, where each used to be charged all of it."""
+    pkg = zone(tmp_path / "powercap", "intel-rapl:0", "package-0", 0)
+    meter = CostMeter(EnergyMeter.detect(tmp_path / "powercap", tmp_path / "hwmon"))
+    a, b = Timings(energy_j=meter.initial_energy()), Timings(energy_j=meter.initial_energy())
+    both_in = threading.Barrier(2)
+
+    def stage(timings: Timings, cpu_s: float) -> None:
+        with meter.charge([timings]):
+            both_in.wait()
+            deadline = time.process_time() + cpu_s
+            while time.process_time() < deadline:
+                pass
+            both_in.wait()
+
+    t0 = time.process_time()
+    other = threading.Thread(target=stage, args=(b, 0.3))
+    other.start()
+    stage(a, 0.3)
+    other.join()
+    spent = time.process_time() - t0
+    set_counter(pkg, 5_000_000)  # after both closed: charged to nobody
+    assert a.cpu_s + b.cpu_s == pytest.approx(spent, rel=0.05)
+    assert a.cpu_s == pytest.approx(b.cpu_s, rel=0.25)
+    assert a.energy_j == 0.0 and b.energy_j == 0.0
+    with meter.charge([a]):  # alone again: all of it
+        set_counter(pkg, 7_000_000)
+    assert a.energy_j == pytest.approx(2.0)
+
+
 # ------------------------------------------------------------- the real engine
 @pytest.fixture(scope="module")
 def engine() -> Engine:

@@ -136,8 +136,10 @@ async def test_no_preload_loads_at_the_first_request(server_factory, tmp_path):
     assert READY_LINE in server.log()
 
 
-async def test_idle_unload_and_reload_under_concurrent_requests(server_factory, tmp_path):
-    server = server_factory(("--unload-after-s", "1.5", "--cache-dir", str(tmp_path)),
+@pytest.mark.parametrize("workers", [(), ("--workers", "2")], ids=["one-worker", "two-workers"])
+async def test_idle_unload_and_reload_under_concurrent_requests(server_factory, tmp_path, workers):
+    """With two workers, both runs hold the model until the last ends."""
+    server = server_factory(("--unload-after-s", "1.5", "--cache-dir", str(tmp_path), *workers),
                             model_args=("--model", "tiny.en", "--encoder-backend", "cpu", "--threads", "1"))
     names = TINY_EXACT[:4]
     for round_ in range(2):

@@ -1,5 +1,6 @@
 """The real server under the conditions of a busy house, over real TCP on corpus speech:
-clients that half-close their socket, batched decoding that must not change anyone's words,
+clients that half-close their socket, batched decoding and several engine workers that must
+not change anyone's words,
 and the ``busy`` answer's retry hint."""
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+
+import pytest
 
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -58,10 +61,12 @@ async def test_a_socket_half_closed_before_audio_stop_is_a_vanished_client(amanu
     assert await served(amanuensis_server)
 
 
-async def test_twenty_concurrent_requests_batched_give_exactly_the_solo_words_and_tokens(server_factory):
+@pytest.mark.parametrize("workers", [(), ("--workers", "2")], ids=["one-worker", "two-workers"])
+async def test_twenty_concurrent_requests_batched_give_exactly_the_solo_words_and_tokens(server_factory, workers):
     """--batch-decoding: who else is talking must not change anyone's answer. The same 20
-    requests (8 clips, some sent twice at once) alone, then all at once in batches of 8."""
-    server = server_factory(("--batch-decoding", "--batch-decode-size", "8", "--debug"),
+    requests (8 clips, some sent twice at once) alone, then all at once in batches of 8;
+    with two workers, two batches are computed at once."""
+    server = server_factory(("--batch-decoding", "--batch-decode-size", "8", "--debug", *workers),
                             model_args=("--model", "base", "--encoder-backend", "cpu", "--threads", "1"))
     names = (TINY_EXACT * 3)[:20]
     clips = {name: Clip(name) for name in set(names)}

@@ -1,10 +1,9 @@
-"""Server, scheduler and helpers in-process, with a scripted engine: exact checks of
+"""Server and helpers in-process, with a scripted engine: exact checks of
 ordering, cancellation, bounds and cleanup that a real engine makes slow or racy."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 
@@ -23,7 +22,7 @@ from wyoming_amanuensis.config import settings_from
 from wyoming_amanuensis.pipeline import TranscriptionError
 from wyoming_amanuensis.request import Job, build_prompt
 from wyoming_amanuensis.result import Result, Timings
-from wyoming_amanuensis.scheduler import QueueFull, Scheduler, SchedulerClosed
+from wyoming_amanuensis.scheduler import Scheduler
 from wyoming_amanuensis.server import AmanuensisServer
 from wyoming_amanuensis.streaming import Stabilizer
 from wyoming_amanuensis.telemetry import RequestEvent
@@ -57,6 +56,12 @@ class FakeEngine:
         return EnergyStatus(False, reason="a fake engine has no counters")
 
     def run(self, jobs):
+        return self.back(self.front(jobs))
+
+    def front(self, jobs):
+        return jobs
+
+    def back(self, jobs):
         return [self._one(job) for job in jobs]
 
     def _one(self, job: Job):
@@ -143,163 +148,6 @@ async def until(predicate, timeout=10.0):
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
-
-
-# ---------------------------------------------------------------------------
-# scheduler
-
-class ScriptedRun:
-    """``run(jobs)`` for the scheduler: each job's request_id names it; ``gate`` holds the worker."""
-
-    def __init__(self):
-        self.gate = threading.Event()
-        self.gate.set()
-        self.order: list[str] = []
-        self.batches: list[list[str]] = []
-
-    def __call__(self, jobs):
-        self.batches.append([j.request_id for j in jobs])
-        out = []
-        for job in jobs:
-            if job.request_id.startswith("wait"):
-                self.gate.wait(10)
-            self.order.append(job.request_id)
-            out.append(ValueError("boom") if job.request_id == "bad" else job.request_id)
-        return out
-
-
-def job(name: str) -> Job:
-    return Job(audio=np.zeros(1, dtype=np.float32), request_id=name)
-
-
-async def test_scheduler_finals_before_partials():
-    run = ScriptedRun()
-    run.gate.clear()
-    sched = Scheduler(run, depth=4)
-    await sched.start()
-    first = asyncio.create_task(sched.run_final(job("wait-f0")))
-    await until(lambda: sched.busy)
-    p1 = asyncio.create_task(sched.run_partial(job("p1")))
-    await asyncio.sleep(0.05)
-    f1 = asyncio.create_task(sched.run_final(job("f1")))
-    await asyncio.sleep(0.05)
-    assert await sched.run_partial(job("p2")) is None  # a final waits: skipped at once
-    run.gate.set()
-    assert (await first, await f1) == ("wait-f0", "f1")
-    assert await p1 is None  # dropped when f1 arrived
-    assert run.order == ["wait-f0", "f1"]
-    assert await sched.run_partial(job("p3")) == "p3"  # nothing waiting: partials run
-    await sched.close()
-
-
-async def test_scheduler_batches_finals_that_wait_together_and_each_gets_its_own_outcome():
-    run = ScriptedRun()
-    run.gate.clear()
-    sched = Scheduler(run, depth=8, batch_size=3)
-    await sched.start()
-    first = asyncio.create_task(sched.run_final(job("wait-0")))
-    await until(lambda: sched.busy)
-    waiting = [asyncio.create_task(sched.run_final(job(n))) for n in ("a", "bad", "b", "c")]
-    await until(lambda: sched.finals_waiting == 4)
-    run.gate.set()
-    assert await first == "wait-0"
-    assert await waiting[0] == "a"
-    with pytest.raises(ValueError):
-        await waiting[1]
-    assert (await waiting[2], await waiting[3]) == ("b", "c")
-    assert run.batches == [["wait-0"], ["a", "bad", "b"], ["c"]]
-    await sched.close()
-
-
-async def test_busy_retry_hint_is_the_queue_times_the_recent_time_per_final():
-    def slow(jobs):  # 40 ms of engine time per job, batched or not
-        time.sleep(0.04 * len(jobs))
-        return [j.request_id for j in jobs]
-
-    sched = Scheduler(slow, depth=1, batch_size=2)
-    await sched.start()
-    for _ in range(30):  # the running average forgets the assumed start value
-        await sched.run_final(job("x"))
-    per_final = sched._per_final_s
-    assert 0.04 <= per_final < 0.1  # sleep overshoots on a loaded machine, never undershoots
-    gate = threading.Event()
-    sched._run = lambda jobs: (gate.wait(10), [j.request_id for j in jobs])[1]
-    running = asyncio.create_task(sched.run_final(job("a")))
-    await until(lambda: sched.busy)
-    waiting = asyncio.create_task(sched.run_final(job("b")))
-    await until(lambda: sched.finals_waiting == 1)
-    with pytest.raises(QueueFull) as refused:
-        await sched.run_final(job("c"))
-    assert refused.value.retry_after_s == pytest.approx(math.ceil(2 * per_final * 10) / 10)  # one running, one waiting
-    gate.set()
-    assert [await running, await waiting] == ["a", "b"]
-    await sched.close()
-
-
-async def test_scheduler_depth_cancel_errors_and_close():
-    run = ScriptedRun()
-    run.gate.clear()
-    sched = Scheduler(run, depth=2)
-    await sched.start()
-    running = asyncio.create_task(sched.run_final(job("wait-a")))
-    await until(lambda: sched.busy)
-    waiting = asyncio.create_task(sched.run_final(job("b")))
-    bad = asyncio.create_task(sched.run_final(job("bad")))
-    await asyncio.sleep(0.05)
-    with pytest.raises(QueueFull):
-        await sched.run_final(job("c"))
-    waiting.cancel()  # its caller went away: it leaves the queue
-    await asyncio.sleep(0.05)
-    assert sched.finals_waiting == 1
-    run.gate.set()
-    assert await running == "wait-a"
-    with pytest.raises(ValueError):
-        await bad
-    assert run.order == ["wait-a", "bad"]
-    assert await sched.drain(5)
-    run.gate.clear()
-    blocked = asyncio.create_task(sched.run_final(job("wait-d")))
-    await until(lambda: sched.busy)
-    queued = asyncio.create_task(sched.run_final(job("e")))
-    await asyncio.sleep(0.05)
-    assert not await sched.drain(0.1)
-    closing = asyncio.create_task(sched.close())
-    with pytest.raises(SchedulerClosed):
-        await queued
-    run.gate.set()
-    await closing
-    await blocked
-    with pytest.raises(SchedulerClosed):
-        await sched.run_final(job("f"))
-
-
-async def test_scheduler_speculations_run_below_finals_and_can_be_promoted_or_withdrawn():
-    def big(name: str) -> Job:  # jobs that compare unequal-shaped arrays if the queue ever used ==
-        return Job(audio=np.zeros(RATE + len(name), dtype=np.float32), request_id=name)
-
-    run = ScriptedRun()
-    run.gate.clear()
-    sched = Scheduler(run, depth=4)
-    await sched.start()
-    first = asyncio.create_task(sched.run_final(job("wait-f0")))
-    await until(lambda: sched.busy)
-    s1, s2, s3 = (sched.speculate(big(n)) for n in ("s1", "s22", "s333"))
-    partial = asyncio.create_task(sched.run_partial(job("p")))
-    f1 = asyncio.create_task(sched.run_final(big("f1")))
-    f2 = asyncio.create_task(sched.run_final(big("f22")))
-    await until(lambda: sched.finals_waiting == 2)
-    f2.cancel()  # not the first in its queue: it leaves by identity
-    await asyncio.sleep(0.05)
-    assert sched.finals_waiting == 1
-    s2.cancel()  # withdrawn before it started
-    assert sched.promote(s3)  # its client now waits: it queues as a final, after f1
-    run.gate.set()
-    assert (await first, await f1, await s3, await s1) == ("wait-f0", "f1", "s333", "s1")
-    assert await partial is None  # dropped when f1 arrived
-    assert run.order == ["wait-f0", "f1", "s333", "s1"]
-    assert not sched.promote(s1)  # it already ran
-    await sched.close()
-    assert sched.speculate(big("late")) is None  # a closing scheduler takes no speculation
 
 
 # ---------------------------------------------------------------------------

@@ -64,7 +64,8 @@ class Settings:
     condition_on_previous_text: bool = _opt(False, "Long audio (over 30 s, decoded in consecutive windows): prompt each window with the text decoded before it, as openai-whisper does by default. Off by default: on the corpus's 117 s utterance it made the model skip 10 of 35 sentences (benchmarks/bench_long.py).")
     batch_decoding: bool = _opt(False, "Decode several queued requests together in one batch.", aliases=("ENABLE_BATCH_DECODING",))
     batch_decode_size: int = _opt(4, "Largest batch when batch decoding is on.", aliases=("BATCH_DECODE_SIZE",))
-    threads: int = _opt(0, "torch CPU threads; 0 = all cores.")
+    threads: int = _opt(0, "torch CPU threads of each engine worker; 0 = the cores shared out between the workers (all of them with one).")
+    workers: int = _opt(1, "Requests the engine computes at once, each on its own thread. 1 gives a lone command every core; 2 or more compute more commands per second when several wait at once (measured by benchmarks/bench_load.py), a lone one more slowly unless threads is set.")
     cache_dir: Optional[str] = _opt(None, "Folder for the silence encoding that the fast decoder computes from each model's weights (one small file per model, keyed by the model file, checked on read and rebuilt when stale or corrupt): a restart then skips the encoder's 30 s silence pass. Default $XDG_CACHE_HOME/amanuensis (~/.cache/amanuensis); none = no disk cache.")
     preload: bool = _opt(True, "Load the models in the background as soon as the server starts; off = at the first request. Either way the port answers describe at once and requests wait for the load.")
     unload_after_s: float = _opt(0.0, "Free the models' memory after this many seconds without a request; the next request loads them again and waits for it. 0 = never unload.")
@@ -146,6 +147,10 @@ class Settings:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         return Path(base) / "amanuensis"
 
+    def torch_threads(self) -> int:
+        """torch threads for each engine worker."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+
     def model_names(self) -> list[str]:
         names = [self.model] + [m for m in self.extra_models if m != self.model]
         return names
@@ -178,6 +183,8 @@ class Settings:
             raise bad("unload_after_s", "must be 0 (never) or more seconds")
         if self.threads < 0:
             raise bad("threads", "must be 0 (all cores) or more")
+        if self.workers < 1:
+            raise bad("workers", "must be at least 1")
         if not 0 < self.mqtt_port < 65536:
             raise bad("mqtt_port", "must be a TCP port (1-65535)")
         if self.mqtt_qos not in (0, 1, 2):

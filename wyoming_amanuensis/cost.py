@@ -6,8 +6,10 @@ thread's own ``time.thread_time``: torch runs the encoder's and decoder's
 matrix work on its intra-op pool threads, which that clock never sees
 (``benchmarks/bench_cost.py`` prints both). The price is that whatever the
 event loop does at the same moment (VAD and resampling of audio still
-arriving, network, MQTT) is charged to the request being computed; with one
-engine thread no other request's stages can overlap. A batched decode
+arriving, network, MQTT) is charged to the request being computed. Stages
+that overlap (``--pipeline``: one request's encoder while another's decoder
+runs) share what the process spends while they overlap evenly, so the
+requests' costs still add up to the process's. A batched decode
 (``--batch-decoding``) is one computation for several requests: its CPU is
 split evenly between them.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -188,11 +191,23 @@ class Reading:
     energy_uj: Optional[tuple[int, ...]]
 
 
+@dataclass(eq=False)  # identity: an open charge is removed by itself
+class _Open:
+    """A stage being charged, and its share so far of what the process spent."""
+
+    shares: Sequence[Charged]
+    cpu_s: float = 0.0
+    joules: Optional[float] = 0.0
+
+
 class CostMeter:
     """Charges CPU time and energy to requests (see the module docstring for what is counted)."""
 
     def __init__(self, energy: Optional[EnergyMeter] = None) -> None:
         self.energy = energy if energy is not None else EnergyMeter.detect()
+        self._lock = threading.Lock()
+        self._open: list[_Open] = []
+        self._last: Optional[Reading] = None
         _LOG.info("cost per command: process CPU seconds; %s", self.energy.status.describe())
 
     def initial_energy(self) -> Optional[float]:
@@ -208,18 +223,38 @@ class CostMeter:
 
     @contextmanager
     def charge(self, shares: Sequence[Charged]) -> Iterator[None]:
-        """What the block costs, split evenly between ``shares`` (one request, or a batch)."""
-        before = self.read()
+        """What the block costs, split evenly between ``shares`` (one request, or a batch).
+        While stages overlap (``--pipeline``: an encoder and a decoder on two threads) the
+        process's CPU and energy in that time are split evenly between them, so no second
+        is charged twice and the requests' costs still add up to the process's."""
+        entry = _Open(shares)
+        with self._lock:
+            self._settle()
+            self._open.append(entry)
         try:
             yield
         finally:
-            after = self.read()
+            with self._lock:
+                self._settle()
+                self._open.remove(entry)
             n = max(1, len(shares))
-            cpu = max(0.0, after.cpu_s - before.cpu_s) / n
-            joules = self.energy.joules(before.energy_uj, after.energy_uj)
             for t in shares:
-                t.cpu_s += cpu
+                t.cpu_s += entry.cpu_s / n
                 # energy_j starts at 0.0 where counters exist and None where not; a stage
                 # that could not be measured leaves it None rather than understated.
                 if t.energy_j is not None:
-                    t.energy_j = None if joules is None else t.energy_j + joules / n
+                    t.energy_j = None if entry.joules is None else t.energy_j + entry.joules / n
+
+    def _settle(self) -> None:
+        """(under the lock) Share what the process spent since the last start or end of a
+        charge between the charges open in that time."""
+        now = self.read()
+        last, self._last = self._last, now
+        if last is None or not self._open:
+            return
+        k = len(self._open)
+        cpu = max(0.0, now.cpu_s - last.cpu_s) / k
+        joules = self.energy.joules(last.energy_uj, now.energy_uj)
+        for entry in self._open:
+            entry.cpu_s += cpu
+            entry.joules = None if joules is None or entry.joules is None else entry.joules + joules / k

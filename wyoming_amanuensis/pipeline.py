@@ -13,8 +13,6 @@ import ctypes
 import gc
 import logging
 import math
-import os
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,16 +104,17 @@ class Engine:
         # Charges each stage's CPU time and energy to its request (cost.py).
         self.meter = meter if meter is not None else CostMeter()
         self.default_model = next(iter(models))
-        # torch already spreads one request over every core; a second concurrent
-        # request would only thrash the caches, so requests run one at a time.
-        self._lock = threading.Lock()
+        self.threads = settings.torch_threads()
+        # Safe to run from several threads at once (the scheduler's --workers): the weights
+        # are read-only and every request's caches are its own; the NPU backend serialises
+        # its device itself.
 
     # ---------------------------------------------------------------- set-up
     @classmethod
     def load(cls, settings: Settings, meter: Optional[CostMeter] = None) -> "Engine":
         """``meter``: the cost meter to charge requests to (one per process: it logs what it can
         measure once, and outlives an idle unload); a new one when not given."""
-        torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+        torch.set_num_threads(settings.torch_threads())
         models: dict[str, LoadedModel] = {}
         for name in settings.model_names():
             t0 = time.perf_counter()
@@ -192,6 +191,8 @@ class Engine:
         share one batched decode, whose wall time each of them reports as its
         decoder time. A bad job fails alone."""
         start = time.perf_counter()
+        if torch.get_num_threads() != self.threads:  # per calling thread (a scheduler worker)
+            torch.set_num_threads(self.threads)
         work: list[Union[_Work, TranscriptionError]] = []
         for job in jobs:
             try:
@@ -199,22 +200,21 @@ class Engine:
             except TranscriptionError as err:
                 work.append(err)
         live = [w for w in work if isinstance(w, _Work)]
-        with self._lock:
-            for w in live:
-                if not w.job.withdrawn:
-                    (self._long if is_long(w.audio.shape[0]) else self._front)(w)
-            pending = [w for w in live if w.result is None and not w.job.withdrawn]
-            for name in {w.loaded.model.name for w in pending}:
-                group = [w for w in pending if w.loaded.model.name == name]
-                # a batch is greedy throughout; a request whose width waits on its language goes alone
-                greedy, alone = [], []
-                for w in group:
-                    batchable = w.options.beam_size == 1 and w.options.beam_size_other is None
-                    (greedy if batchable else alone).append(w)
-                for w in alone:
-                    self._decode([w])
-                for k in range(0, len(greedy), self.settings.batch_decode_size):
-                    self._decode(greedy[k:k + self.settings.batch_decode_size])
+        for w in live:
+            if not w.job.withdrawn:
+                (self._long if is_long(w.audio.shape[0]) else self._front)(w)
+        pending = [w for w in live if w.result is None and not w.job.withdrawn]
+        for name in {w.loaded.model.name for w in pending}:
+            group = [w for w in pending if w.loaded.model.name == name]
+            # a batch is greedy throughout; a request whose width waits on its language goes alone
+            greedy, alone = [], []
+            for w in group:
+                batchable = w.options.beam_size == 1 and w.options.beam_size_other is None
+                (greedy if batchable else alone).append(w)
+            for w in alone:
+                self._decode([w])
+            for k in range(0, len(greedy), self.settings.batch_decode_size):
+                self._decode(greedy[k:k + self.settings.batch_decode_size])
         return [w if isinstance(w, TranscriptionError)
                 else TranscriptionError("withdrawn", "nobody wants this result any more") if w.job.withdrawn
                 else self._finish(w) for w in work]

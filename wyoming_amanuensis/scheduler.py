@@ -1,10 +1,13 @@
 """Bounded request queue in front of the engine, off the event loop.
 
-One worker thread runs the engine: torch already spreads one request over
-every core, and the engine serialises requests anyway, so more workers would
-only add contention. The event loop never runs inference; it only queues a
-:class:`~wyoming_amanuensis.request.Job` and awaits its future, so
-``describe`` is answered while the worker is busy.
+``workers`` threads run the engine (``--workers``, default 1: a lone
+command gets every core through torch's own threads). With more, that many
+runs go at once, each on its own torch threads (``Settings.torch_threads``):
+on a small CPU one torch thread per request and core computes more commands
+per second than every core on one request, whose small decoder products do
+not split well (benchmarks/bench_load.py). The event loop never runs
+inference; it only queues a :class:`~wyoming_amanuensis.request.Job` and
+awaits its future, so ``describe`` is answered while the workers are busy.
 
 Three kinds of work, one shape (a ``Job``, run by ``run(list_of_jobs)``), in this order of priority:
 
@@ -19,7 +22,7 @@ Three kinds of work, one shape (a ``Job``, run by ``run(list_of_jobs)``), in thi
   moves one to the finals' queue when its client's ``audio-stop`` comes and it
   has not started yet. Cancelling the future :meth:`speculate` returned
   withdraws one that has not started.
-* **partial** transcripts (streaming previews), always one at a time. They
+* **partial** transcripts (streaming previews), one per run. They
   only run when no final or speculation is waiting: a final entering the queue drops every
   waiting partial, and a partial is never dispatched while a final waits.
   They never delay anyone's result by more than the one partial decode that
@@ -29,7 +32,7 @@ A caller that goes away (its task is cancelled, e.g. the client vanished, or a
 partial cancelled by its final) takes its job out of the queue; a job already
 running is marked ``withdrawn`` and the engine drops it at its next stage or
 token. Queue time is not measured here: the engine
-stamps it into the result's timings from ``Job.submitted``. The wall time of
+stamps it into the result's timings from ``Job.submitted``. The engine time of
 the run that carried a job is stamped on ``Job.run_ms`` (what speculation
 spent, including runs whose result nobody used).
 """
@@ -79,22 +82,25 @@ class Scheduler:
     # Per-final time assumed before any has run: a short command on a small CPU, base model.
     DEFAULT_PER_FINAL_S = 0.3
 
-    def __init__(self, run: RunFn, depth: int, *, batch_size: int = 1) -> None:
+    def __init__(self, run: RunFn, depth: int, *, batch_size: int = 1, workers: int = 1) -> None:
         if depth < 1:
             raise ValueError("queue depth must be at least 1")
         self.depth = depth
         self.batch_size = max(1, batch_size)
+        self.workers = max(1, workers)
         self._run = run
         self._finals: deque[_Queued] = deque()
         self._speculative: deque[_Queued] = deque()
         self._partials: deque[_Queued] = deque()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amanuensis-engine")
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="amanuensis-engine")
         self._wake: Optional[asyncio.Event] = None
         self._idle: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
-        self._running = False
+        self._runs: set[asyncio.Task] = set()
+        self._in_flight = 0  # runs in the workers
         self._closed = False
-        # Recent engine time per final, batches shared out (an average over about the last 8).
+        # Recent engine time per final: a run's time shared out between its jobs and the runs
+        # that went at the same time (an average over about the last 8).
         self._per_final_s = self.DEFAULT_PER_FINAL_S
 
     # ------------------------------------------------------------ lifecycle
@@ -114,7 +120,7 @@ class Scheduler:
 
     async def _wait_idle(self) -> None:
         assert self._idle is not None
-        while self._finals or self._running:
+        while self._finals or self._in_flight:
             self._idle.clear()
             await self._idle.wait()
 
@@ -144,16 +150,16 @@ class Scheduler:
     def retry_after_s(self) -> float:
         """Seconds until the finals now waiting (and the run in progress) are likely done:
         their count times the recent engine time per final, rounded up to a tenth."""
-        load = self.finals_waiting + (1 if self._running else 0)
+        load = self.finals_waiting + self._in_flight
         return max(0.1, -(-load * self._per_final_s * 10 // 1) / 10)
 
     @property
     def busy(self) -> bool:
-        return self._running
+        return self._in_flight > 0
 
     @property
     def idle(self) -> bool:
-        return not self._running and not self._finals and not self._speculative and not self._partials
+        return not self._in_flight and not self._finals and not self._speculative and not self._partials
 
     # ------------------------------------------------------------- submit
     async def run_final(self, job: Job) -> Any:
@@ -236,39 +242,57 @@ class Scheduler:
 
     async def _dispatch(self) -> None:
         assert self._wake is not None and self._idle is not None
-        loop = asyncio.get_running_loop()
         while True:
-            batch = self._take()
+            batch = self._take() if self._in_flight < self.workers else []
             if not batch:
-                self._idle.set()
+                if not self._in_flight:
+                    self._idle.set()
                 if self._closed:
-                    return
+                    break
                 self._wake.clear()
-                await self._wake.wait()
+                await self._wake.wait()  # new work, or a worker came free
                 continue
             if len(batch) > 1:
                 _LOG.debug("running %d waiting requests in one batch", len(batch))
-            self._running = True
-            t0 = time.perf_counter()
-            try:
-                outcomes = await loop.run_in_executor(self._executor, self._run, [q.job for q in batch])
-            except asyncio.CancelledError:
-                raise
-            except BaseException as err:  # noqa: BLE001 - every caller of the batch hears of it
-                outcomes = [err] * len(batch)
-            finally:
-                self._running = False
-                elapsed = time.perf_counter() - t0
-                for q in batch:
-                    q.job.run_ms = elapsed * 1000.0
-                if not batch[0].job.request.partial:
-                    self._per_final_s += (elapsed / len(batch) - self._per_final_s) / 8
-            for item, outcome in zip(batch, outcomes):
-                if item.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(outcome)
-            if not self._finals:
-                self._idle.set()
+            self._in_flight += 1
+            run = asyncio.create_task(self._run_batch(batch), name="amanuensis engine run")
+            self._runs.add(run)
+            run.add_done_callback(self._runs.discard)
+        if self._runs:
+            await asyncio.gather(*self._runs, return_exceptions=True)
+
+    async def _run_batch(self, batch: list[_Queued]) -> None:
+        assert self._wake is not None and self._idle is not None
+        loop = asyncio.get_running_loop()
+        sharing = self._in_flight  # runs going at once, this one included
+        t0 = time.perf_counter()
+        try:
+            outcomes, took = await loop.run_in_executor(self._executor, _timed, self._run, [q.job for q in batch])
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:  # noqa: BLE001 - every caller of the batch hears of it
+            outcomes, took = [err] * len(batch), time.perf_counter() - t0
+        finally:
+            self._in_flight -= 1
+            self._wake.set()  # a worker is free
+        for q in batch:
+            q.job.run_ms = took * 1000.0
+        if not batch[0].job.request.partial:
+            self._per_final_s += (took / len(batch) / sharing - self._per_final_s) / 8
+        for item, outcome in zip(batch, outcomes):
+            if item.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+        if not self._finals and not self._in_flight:
+            self._idle.set()
+
+
+def _timed(run: RunFn, jobs: list[Job]) -> tuple[Sequence[Any], float]:
+    """(run(jobs), seconds it took), measured in the worker: the event loop's own delay in
+    noticing the result (a crowd's audio to parse) is not engine time."""
+    t0 = time.perf_counter()
+    out = run(jobs)
+    return out, time.perf_counter() - t0
