@@ -362,7 +362,8 @@ def test_loop_detection():
     assert max_tokens_for(0) < max_tokens_for(5) < max_tokens_for(30) <= 220
 
 
-@pytest.mark.parametrize("overrides", [dict(fast_decoder=False), dict(int8_decoder=False, silence_chunk=0, decoder_tail_chunk=1)])
+@pytest.mark.parametrize("overrides", [dict(fast_decoder=False), dict(int8_decoder=False, silence_chunk=0, decoder_tail_chunk=1),
+                                       dict(int8_encoder=True)])
 def test_other_engine_paths_transcribe(overrides):
     e = Engine.load(settings_from(model="tiny.en", encoder_backend="cpu", **overrides))
     for name in ("s2p_gen_turn_on_the_lights", "s2p_gen_set_lights_to_red"):

@@ -5,9 +5,12 @@ command gets every core through torch's own threads). With more, that many
 runs go at once, each on its own torch threads (``Settings.torch_threads``):
 on a small CPU one torch thread per request and core computes more commands
 per second than every core on one request, whose small decoder products do
-not split well (benchmarks/bench_load.py). The event loop never runs
-inference; it only queues a :class:`~wyoming_amanuensis.request.Job` and
-awaits its future, so ``describe`` is answered while the workers are busy.
+not split well (benchmarks/bench_load.py). Whole requests side by side also
+beat a pipeline (one request's encoder while another's decoder runs: 1.47x
+against 1.68x in-process), whose slower stage, the encoder, sets its pace.
+The event loop never runs inference; it only queues a
+:class:`~wyoming_amanuensis.request.Job` and awaits its future, so
+``describe`` is answered while the workers are busy.
 
 Three kinds of work, one shape (a ``Job``, run by ``run(list_of_jobs)``), in this order of priority:
 
