@@ -65,7 +65,7 @@ class Settings:
     batch_decoding: bool = _opt(False, "Decode several queued requests together in one batch.", aliases=("ENABLE_BATCH_DECODING",))
     batch_decode_size: int = _opt(4, "Largest batch when batch decoding is on.", aliases=("BATCH_DECODE_SIZE",))
     threads: int = _opt(0, "torch CPU threads; 0 = all cores.")
-    cache_dir: Optional[str] = _opt(None, "Folder for the silence encoding that the fast decoder computes from each model's weights (one small file per model, keyed by the model file, checked on read and rebuilt when stale or corrupt): a restart then skips the encoder's 30 s silence pass. Default $XDG_CACHE_HOME/amanuensis (~/.cache/amanuensis); none = no disk cache.")
+    cache_dir: Optional[str] = _opt(None, "Folder for what start-up computes from each model's weights: the model as the engine uses it (converted and int8-quantised; about 240 MB for base) and the fast decoder's silence encoding (about 40 MB for base), one file each per model and setting, keyed by the model file, checked on read and rebuilt when stale or corrupt. A restart then skips parsing model.bin, the quantisation and the encoder's 30 s silence pass. Default $XDG_CACHE_HOME/amanuensis (~/.cache/amanuensis); none = no disk cache.")
     preload: bool = _opt(True, "Load the models in the background as soon as the server starts; off = at the first request. Either way the port answers describe at once and requests wait for the load.")
     unload_after_s: float = _opt(0.0, "Free the models' memory after this many seconds without a request; the next request loads them again and waits for it. 0 = never unload.")
     # --- names (biasing.py): the request's transcript_names/terms and Home Assistant's names

@@ -127,8 +127,12 @@ class Engine:
 
     @staticmethod
     def _load_one(name: str, settings: Settings) -> LoadedModel:
-        model = load_model(name, int8_decoder=settings.int8_decoder and _decoder_on_cpu(settings))
+        t0 = time.perf_counter()
+        model = load_model(name, int8_decoder=settings.int8_decoder and _decoder_on_cpu(settings),
+                           cache_dir=settings.silence_cache_dir())
+        t1 = time.perf_counter()
         backend = select_backend(model.encoder, settings)
+        t2 = time.perf_counter()
         chunk = settings.silence_chunk or 1
 
         def compute() -> SilenceEncoding:
@@ -138,11 +142,15 @@ class Engine:
 
         silence = cached_silence(settings.silence_cache_dir(), model.name, model.files,
                                  _backend_key(backend, settings), compute)
+        t3 = time.perf_counter()
         device = backend.decoder_device
         context = SilenceContext([(k.to(device), v.to(device)) for k, v in silence.kv], chunk)
         decoder = Decoder(model, silence.features.to(device), device=device,
                           int8=settings.int8_decoder and device.type == "cpu",
                           tail_chunk=settings.decoder_tail_chunk)
+        _LOG.info("model %s load phases: weights %.0f ms, encoder backend %.0f ms, silence encoding %.0f ms, "
+                  "decoder set-up %.0f ms", model.name, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000,
+                  (time.perf_counter() - t3) * 1000)
         return LoadedModel(model=model, backend=backend, decoder=decoder,
                            context=context if settings.silence_chunk else None)
 
