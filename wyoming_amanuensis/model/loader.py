@@ -13,14 +13,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
+from typing import TYPE_CHECKING, Optional
 
 from .ct2 import ModelFileError, read_model_bin
-from .ct2_whisper import build_modules
-from .modules import AudioEncoder, Dims, TextDecoder
-from .prepared import cached_modules
-from .tokenizer import WhisperTokenizer
+
+if TYPE_CHECKING:  # torch and the tokenizer are imported by load_model: ``locate`` (what describe
+    # needs) must not wait for them, the server answers describe before they have loaded
+    from .modules import AudioEncoder, Dims, TextDecoder
+    from .tokenizer import WhisperTokenizer
 
 _LOG = logging.getLogger(__name__)
 
@@ -130,6 +130,10 @@ def load_model(name_or_path: str, int8_decoder: bool = False, cache_dir: Optiona
     """``int8_decoder``: quantise the decoder while loading (see ``build_modules``).
     ``cache_dir``: read the networks from the prepared-model cache there (``prepared.py``),
     building them from model.bin and storing them when it has none; None: always built."""
+    from .ct2_whisper import build_modules
+    from .prepared import cached_modules
+    from .tokenizer import WhisperTokenizer
+
     t0 = time.perf_counter()
     name, directory, parts = locate(name_or_path)
     model_bin = str(directory / "model.bin") if len(parts) == 1 else f"{directory}/model.bin.part1+part2"
