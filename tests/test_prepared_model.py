@@ -14,7 +14,7 @@ import torch
 from benchmarks.bench_engine import materialise_model
 from benchmarks.corpus import clips
 from wyoming_amanuensis.config import settings_from
-from wyoming_amanuensis.model import prepared
+from wyoming_amanuensis.model import disk_cache, prepared
 from wyoming_amanuensis.model.quantize import RowInt8Linear
 from wyoming_amanuensis.pipeline import Engine
 
@@ -27,6 +27,7 @@ def load(model: str, cache_dir, caplog, **kw) -> tuple[Engine, str]:
     with caplog.at_level(logging.INFO, logger=LOGGER):
         engine = Engine.load(settings_from(model=model, encoder_backend="cpu", threads=1, cache_dir=str(cache_dir),
                                            **kw))
+        disk_cache.wait_for_writes()  # the prepared model is written in the background
     return engine, "\n".join(r.getMessage() for r in caplog.records if r.name == LOGGER)
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Sequence, TypeVar
@@ -86,12 +87,26 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+_WRITERS: list[threading.Thread] = []
+_WRITERS_LOCK = threading.Lock()
+
+
+def wait_for_writes(timeout: Optional[float] = None) -> None:
+    """Until the cache files being written in the background are written (tests, benchmarks)."""
+    with _WRITERS_LOCK:
+        pending = list(_WRITERS)
+    for thread in pending:
+        thread.join(timeout)
+
+
 def cached(log: logging.Logger, label: str, what: str, path: Path, key: Callable[[], str],
            read: Callable[[Path, str], tuple[Optional[T], str]], compute: Callable[[], T],
-           write: Callable[[Path, str, T], None]) -> T:
+           write: Callable[[Path, str, T], None], background: bool = False) -> T:
     """``read(path, key)`` -> (value, "") or (None, why not); on a miss ``compute()`` and
     ``write(path, key, value)``. ``label`` starts every log line ("silence cache"), ``what``
-    names the value ("the silence encoding"). Never raises for the cache's sake."""
+    names the value ("the silence encoding"). Never raises for the cache's sake.
+    ``background``: the write runs on its own thread, so that the value is used at once
+    (not a daemon thread: the process finishes the write before it exits)."""
     try:
         k = key()
     except OSError as err:
@@ -109,11 +124,29 @@ def cached(log: logging.Logger, label: str, what: str, path: Path, key: Callable
     t0 = time.perf_counter()
     value = compute()
     computed_ms = (time.perf_counter() - t0) * 1000
-    try:
-        t1 = time.perf_counter()
-        write(path, k, value)
-        log.info("%s: computed in %.0f ms and saved to %s in %.0f ms", label, computed_ms, path,
-                 (time.perf_counter() - t1) * 1000)
-    except OSError as err:
-        log.warning("%s: cannot write %s (%s); it will be computed again at the next start", label, path, err)
+
+    def save() -> None:
+        try:
+            t1 = time.perf_counter()
+            write(path, k, value)
+            log.info("%s: computed in %.0f ms and saved to %s in %.0f ms%s", label, computed_ms, path,
+                     (time.perf_counter() - t1) * 1000, " (in the background)" if background else "")
+        except OSError as err:
+            log.warning("%s: cannot write %s (%s); it will be computed again at the next start", label, path, err)
+        except Exception:  # noqa: BLE001 - on the writer thread: the cache only costs a rebuild
+            if not background:
+                raise
+            log.exception("%s: writing %s failed; it will be computed again at the next start", label, path)
+        finally:
+            if background:
+                with _WRITERS_LOCK:
+                    _WRITERS.remove(threading.current_thread())
+
+    if not background:
+        save()
+        return value
+    thread = threading.Thread(target=save, name=f"amanuensis-{label.replace(' ', '-')}-write", daemon=False)
+    with _WRITERS_LOCK:
+        _WRITERS.append(thread)
+    thread.start()
     return value

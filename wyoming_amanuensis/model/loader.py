@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,7 @@ def load_model(name_or_path: str, int8_decoder: bool = False, cache_dir: Optiona
     building them from model.bin and storing them when it has none; None: always built."""
     from .ct2_whisper import build_modules
     from .prepared import cached_modules
-    from .tokenizer import WhisperTokenizer
+    from .tokenizer import WhisperTokenizer, load_bpe
 
     t0 = time.perf_counter()
     name, directory, parts = locate(name_or_path)
@@ -153,16 +154,31 @@ def load_model(name_or_path: str, int8_decoder: bool = False, cache_dir: Optiona
                   " and quantised" if int8_decoder else "", (time.perf_counter() - t2) * 1000)
         return built
 
-    dims, encoder, decoder = cached_modules(cache_dir, name, parts, int8_decoder, build)
-    t_modules = time.perf_counter()
     tok_path = directory / "tokenizer.json"
     if not tok_path.is_file():
         raise ModelNotFoundError(f"{directory}: tokenizer.json is missing")
-    lang_ids = config.get("lang_ids") or []
-    tokenizer = WhisperTokenizer.from_files(tok_path, lang_ids, dims.n_vocab)
+    # The tokenizer is built beside the weights: its ~0.2 s hold the GIL, while reading and
+    # checking the prepared model and packing its int8 weights mostly release it.
+    bpe: list = []
+
+    def read_tokenizer() -> None:
+        try:
+            bpe.append(load_bpe(tok_path))
+        except BaseException as err:  # noqa: BLE001 - raised again on the loading thread
+            bpe.append(err)
+    tok_thread = threading.Thread(target=read_tokenizer, name="amanuensis-tokenizer", daemon=True)
+    tok_thread.start()
+    try:
+        dims, encoder, decoder = cached_modules(cache_dir, name, parts, int8_decoder, build)
+    finally:
+        tok_thread.join()
+    t_modules = time.perf_counter()
+    if isinstance(bpe[0], BaseException):
+        raise bpe[0]
+    tokenizer = WhisperTokenizer.from_bpe(bpe[0], tok_path, config.get("lang_ids") or [], dims.n_vocab)
     heads = _alignment_heads(config, dims, config_path)
-    _LOG.info("loaded model %s from %s in %.0f ms, tokenizer %.0f ms (width %d, %d+%d layers, %d mel bins, "
-              "vocab %d, %d languages)", name, directory, (t_modules - t0) * 1000,
+    _LOG.info("loaded model %s from %s in %.0f ms (the tokenizer beside it), then %.0f ms (width %d, %d+%d layers, "
+              "%d mel bins, vocab %d, %d languages)", name, directory, (t_modules - t0) * 1000,
               (time.perf_counter() - t_modules) * 1000, dims.width, dims.enc_layers, dims.dec_layers, dims.n_mels,
               dims.n_vocab, len(tokenizer.languages))
     return WhisperModel(
