@@ -25,12 +25,14 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
-import torch
 from rapidfuzz import fuzz, process
 
-from .model.tokenizer import WhisperTokenizer
+if TYPE_CHECKING:  # torch is imported where a boost is made: request parsing imports this module,
+    import torch  # and the server answers describe before torch has loaded (lifetime.py)
+
+    from .model.tokenizer import WhisperTokenizer
 
 # Bounds that keep a hostile or enormous list cheap: a name is a few words, a home a few thousand.
 MAX_NAMES = 4000
@@ -108,6 +110,8 @@ class NameBoost:
         out = logp + self.start
         cont = self.trie.continuations(tokens)
         if cont:
+            import torch
+
             idx = torch.tensor(sorted(cont), device=logp.device)
             out[..., idx] += self.bonus
         return out
@@ -140,6 +144,8 @@ def name_boost(tokenizer: WhisperTokenizer, names: tuple[str, ...], bonus: float
                device: torch.device) -> Optional[NameBoost]:
     if not names or bonus <= 0:
         return None
+    import torch
+
     trie = _trie(tokenizer, names)
     start = torch.zeros(n_vocab, device=device)
     # a name's first token gets half the bonus: enough to tip a near tie toward the name,

@@ -13,30 +13,54 @@ import ctypes
 import gc
 import logging
 import math
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import numpy as np
-import torch
 
-from . import align
 from .audio import SAMPLE_RATE, AudioFormatError, to_16k
 from .biasing import choose, name_boost, readings
 from .config import Settings
 from .cost import CostMeter, EnergyStatus
-from .decoding import CrossAttention, DecodeOptions, DecodeResult, Decoder, max_tokens_for
-from .encoders import EncoderBackend, EncoderOutput, select_backend
-from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
 from .model.loader import WhisperModel, load_model
-from .model.silence import SilenceContext
-from .model.silence_cache import SilenceEncoding, cached_silence
 from .request import Job, Request, build_prompt
 from .result import Result, Timings
-from .windows import decode_windows, is_long
+
+if TYPE_CHECKING:
+    from .decoding import CrossAttention, DecodeResult
+    from .encoders import EncoderBackend, EncoderOutput
 
 _LOG = logging.getLogger(__name__)
+
+_ENGINE_MODULES = threading.Lock()
+_engine_modules_imported = False
+
+
+def import_engine_modules() -> None:
+    """torch, scipy and the model code, imported by the first Engine rather than with this
+    module: the server imports this module, opens its port and answers describe while they
+    load in the background (lifetime.py), ~1.2 s earlier. Every name the engine uses from
+    them is bound here, once; import new heavy dependencies of the engine here too (a
+    test, test_startup_imports, checks that the server's modules import no torch)."""
+    global _engine_modules_imported, torch, align, DecodeOptions, Decoder, max_tokens_for, select_backend, \
+        FRAMES_PER_SECOND, N_FRAMES_30S, log_mel, SilenceContext, SilenceEncoding, cached_silence, \
+        decode_windows, is_long
+    with _ENGINE_MODULES:
+        if _engine_modules_imported:
+            return
+        import torch
+
+        from . import align
+        from .decoding import DecodeOptions, Decoder, max_tokens_for
+        from .encoders import select_backend
+        from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
+        from .model.silence import SilenceContext
+        from .model.silence_cache import SilenceEncoding, cached_silence
+        from .windows import decode_windows, is_long
+        _engine_modules_imported = True
 
 # Peak below this (about -80 dBFS) is digital silence: nothing to transcribe.
 SILENCE_PEAK = 1e-4
@@ -99,6 +123,7 @@ def _stage(timings: Timings, name: str, meter: CostMeter) -> Iterator[None]:
 
 class Engine:
     def __init__(self, settings: Settings, models: dict[str, LoadedModel], meter: Optional[CostMeter] = None):
+        import_engine_modules()
         self.settings = settings
         self.models = models
         # Charges each stage's CPU time and energy to its request (cost.py).
@@ -114,6 +139,10 @@ class Engine:
     def load(cls, settings: Settings, meter: Optional[CostMeter] = None) -> "Engine":
         """``meter``: the cost meter to charge requests to (one per process: it logs what it can
         measure once, and outlives an idle unload); a new one when not given."""
+        t0 = time.perf_counter()
+        if not _engine_modules_imported:
+            import_engine_modules()
+            _LOG.info("torch and the engine's modules imported in %.0f ms", (time.perf_counter() - t0) * 1000)
         torch.set_num_threads(settings.torch_threads())
         models: dict[str, LoadedModel] = {}
         for name in settings.model_names():
@@ -126,8 +155,12 @@ class Engine:
 
     @staticmethod
     def _load_one(name: str, settings: Settings) -> LoadedModel:
-        model = load_model(name, int8_decoder=settings.int8_decoder and _decoder_on_cpu(settings))
+        t0 = time.perf_counter()
+        model = load_model(name, int8_decoder=settings.int8_decoder and _decoder_on_cpu(settings),
+                           cache_dir=settings.silence_cache_dir())
+        t1 = time.perf_counter()
         backend = select_backend(model.encoder, settings)
+        t2 = time.perf_counter()
         chunk = settings.silence_chunk or 1
 
         def compute() -> SilenceEncoding:
@@ -137,11 +170,15 @@ class Engine:
 
         silence = cached_silence(settings.silence_cache_dir(), model.name, model.files,
                                  _backend_key(backend, settings), compute)
+        t3 = time.perf_counter()
         device = backend.decoder_device
         context = SilenceContext([(k.to(device), v.to(device)) for k, v in silence.kv], chunk)
         decoder = Decoder(model, silence.features.to(device), device=device,
                           int8=settings.int8_decoder and device.type == "cpu",
                           tail_chunk=settings.decoder_tail_chunk)
+        _LOG.info("model %s load phases: weights %.0f ms, encoder backend %.0f ms, silence encoding %.0f ms, "
+                  "decoder set-up %.0f ms", model.name, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000,
+                  (time.perf_counter() - t3) * 1000)
         return LoadedModel(model=model, backend=backend, decoder=decoder,
                            context=context if settings.silence_chunk else None)
 

@@ -9,7 +9,6 @@ architecture fails naming the tensor instead of loading garbage.
 
 from __future__ import annotations
 
-import gc
 import re
 
 import numpy as np
@@ -136,13 +135,24 @@ def _load_decoder(dec: TextDecoder, w: _Weights, int8: bool) -> None:
         _load_layers(nn.ModuleList([block]), "decoder", DECODER_LAYER, w, first=i)
         if int8:  # layer by layer: the float decoder never exists whole (peak memory of the load)
             row_int8_linears(block)  # per-row scales: batched and solo decoding agree (quantize.py)
-            gc.collect()  # the prepack leaves the float weights in reference cycles
     # the fresh float32 array itself, not a copy of it: this matrix alone is 106 MB for base
     dec.token_embedding.weight.data = w.get("decoder/embeddings/weight", (dims.n_vocab, d))
     dec.proj.weight = dec.token_embedding.weight  # tied, as in Whisper: one copy in memory
     if int8:
         row_int8_linears(dec)  # only the projection is left as a float Linear
-        gc.collect()
+
+
+def _materialise(net: nn.Module) -> nn.Module:
+    """``net.to_empty(device="cpu")`` without its detour: for meta tensors that goes through
+    torch._refs.empty_like, which imports sympy (~0.5 s of a start)."""
+    for module in net.modules():
+        for slot in (module._parameters, module._buffers):
+            for name, t in slot.items():
+                if t is not None and t.is_meta:
+                    fresh = torch.empty(t.shape, dtype=t.dtype)
+                    slot[name] = nn.Parameter(fresh, requires_grad=t.requires_grad) if slot is module._parameters \
+                        else fresh
+    return net
 
 
 def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin",
@@ -156,7 +166,7 @@ def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin",
         # overwritten from the file, and the random init it skips was ~0.8 s of base's load.
         with torch.device("meta"):
             enc, dec = AudioEncoder(dims), TextDecoder(dims)
-        enc, dec = enc.to_empty(device="cpu"), dec.to_empty(device="cpu")
+        enc, dec = _materialise(enc), _materialise(dec)
         _load_encoder(enc, w)
         _load_decoder(dec, w, int8_decoder)
     return dims, enc.eval().requires_grad_(False), dec.eval().requires_grad_(False)

@@ -10,15 +10,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
+from typing import TYPE_CHECKING, Optional
 
 from .ct2 import ModelFileError, read_model_bin
-from .ct2_whisper import build_modules
-from .modules import AudioEncoder, Dims, TextDecoder
-from .tokenizer import WhisperTokenizer
+
+if TYPE_CHECKING:  # torch and the tokenizer are imported by load_model: ``locate`` (what describe
+    # needs) must not wait for them, the server answers describe before they have loaded
+    from .modules import AudioEncoder, Dims, TextDecoder
+    from .tokenizer import WhisperTokenizer
 
 _LOG = logging.getLogger(__name__)
 
@@ -124,27 +127,60 @@ def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
     return name, directory, bytes(_read_parts(parts)) if len(parts) > 1 else None
 
 
-def load_model(name_or_path: str, int8_decoder: bool = False) -> WhisperModel:
-    """``int8_decoder``: quantise the decoder while loading (see ``build_modules``)."""
+def load_model(name_or_path: str, int8_decoder: bool = False, cache_dir: Optional[Path] = None) -> WhisperModel:
+    """``int8_decoder``: quantise the decoder while loading (see ``build_modules``).
+    ``cache_dir``: read the networks from the prepared-model cache there (``prepared.py``),
+    building them from model.bin and storing them when it has none; None: always built."""
+    from .ct2_whisper import build_modules
+    from .prepared import cached_modules
+    from .tokenizer import WhisperTokenizer, load_bpe
+
+    t0 = time.perf_counter()
     name, directory, parts = locate(name_or_path)
-    blob = _read_parts(parts) if len(parts) > 1 else None
-    model_bin = str(directory / "model.bin") if blob is None else f"{directory}/model.bin.part1+part2"
+    model_bin = str(directory / "model.bin") if len(parts) == 1 else f"{directory}/model.bin.part1+part2"
     config_path = directory / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     except (OSError, json.JSONDecodeError) as err:
         raise ModelFileError(f"{config_path}: cannot read model config: {err}") from None
-    variables = read_model_bin(blob if blob is not None else directory / "model.bin", name=model_bin)
-    dims, encoder, decoder = build_modules(variables, model_bin, int8_decoder)
-    del variables, blob
+
+    def build() -> tuple[Dims, AudioEncoder, TextDecoder]:
+        t1 = time.perf_counter()
+        blob = _read_parts(parts) if len(parts) > 1 else None
+        variables = read_model_bin(blob if blob is not None else directory / "model.bin", name=model_bin)
+        t2 = time.perf_counter()
+        built = build_modules(variables, model_bin, int8_decoder)
+        _LOG.info("model %s built from %s: read %.0f ms, converted%s %.0f ms", name, model_bin, (t2 - t1) * 1000,
+                  " and quantised" if int8_decoder else "", (time.perf_counter() - t2) * 1000)
+        return built
+
     tok_path = directory / "tokenizer.json"
     if not tok_path.is_file():
         raise ModelNotFoundError(f"{directory}: tokenizer.json is missing")
-    lang_ids = config.get("lang_ids") or []
-    tokenizer = WhisperTokenizer.from_files(tok_path, lang_ids, dims.n_vocab)
+    # The tokenizer is built beside the weights: its ~0.2 s hold the GIL, while reading and
+    # checking the prepared model and packing its int8 weights mostly release it.
+    bpe: list = []
+
+    def read_tokenizer() -> None:
+        try:
+            bpe.append(load_bpe(tok_path))
+        except BaseException as err:  # noqa: BLE001 - raised again on the loading thread
+            bpe.append(err)
+    tok_thread = threading.Thread(target=read_tokenizer, name="amanuensis-tokenizer", daemon=True)
+    tok_thread.start()
+    try:
+        dims, encoder, decoder = cached_modules(cache_dir, name, parts, int8_decoder, build)
+    finally:
+        tok_thread.join()
+    t_modules = time.perf_counter()
+    if isinstance(bpe[0], BaseException):
+        raise bpe[0]
+    tokenizer = WhisperTokenizer.from_bpe(bpe[0], tok_path, config.get("lang_ids") or [], dims.n_vocab)
     heads = _alignment_heads(config, dims, config_path)
-    _LOG.info("loaded model %s from %s (width %d, %d+%d layers, %d mel bins, vocab %d, %d languages)", name, directory,
-              dims.width, dims.enc_layers, dims.dec_layers, dims.n_mels, dims.n_vocab, len(tokenizer.languages))
+    _LOG.info("loaded model %s from %s in %.0f ms (the tokenizer beside it), then %.0f ms (width %d, %d+%d layers, "
+              "%d mel bins, vocab %d, %d languages)", name, directory, (t_modules - t0) * 1000,
+              (time.perf_counter() - t_modules) * 1000, dims.width, dims.enc_layers, dims.dec_layers, dims.n_mels,
+              dims.n_vocab, len(tokenizer.languages))
     return WhisperModel(
         name=name,
         path=str(directory),

@@ -226,7 +226,9 @@ class TextDecoder(nn.Module):
         super().__init__()
         d = dims.width
         self.dims = dims
-        self.token_embedding = nn.Embedding(dims.n_vocab, d)
+        # Given its (uninitialised) storage: Embedding's own init draws normal_, and on the meta
+        # device that the loaders build on, normal_ imports torch._dynamo (~1 s of a start).
+        self.token_embedding = nn.Embedding(dims.n_vocab, d, _weight=torch.empty(dims.n_vocab, d))
         self.register_buffer("positions", torch.zeros(dims.n_text_ctx, d), persistent=False)
         self.blocks = nn.ModuleList(DecoderBlock(d, dims.dec_heads) for _ in range(dims.dec_layers))
         self.ln = nn.LayerNorm(d)

@@ -20,6 +20,7 @@ Two flavours:
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import torch
 from torch import nn
@@ -64,7 +65,6 @@ class RowInt8Linear(nn.Module):
         if linear.in_features % 16:
             raise ValueError(f"per-row int8 needs in_features divisible by 16, got {linear.in_features}")
         weight = linear.weight.detach().float()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
 
         def quantize():
             from torch.ao.quantization.observer import default_per_channel_weight_observer
@@ -72,13 +72,42 @@ class RowInt8Linear(nn.Module):
             observer = default_per_channel_weight_observer()
             observer(weight)
             scales, zero_points = observer.calculate_qparams()
-            q = torch.quantize_per_channel(weight, scales.double(), zero_points.long(), 0, torch.qint8)
-            return q, torch.ops.quantized.linear_prepack(q, None)
-        qweight, self._packed = _quantized(quantize)
+            return torch.quantize_per_channel(weight, scales.double(), zero_points.long(), 0, torch.qint8)
+        qweight = _quantized(quantize)
         # W 1 with the weights the kernel really uses, so the minimum is added back exactly.
-        self.register_buffer("row_sums", qweight.dequantize().sum(dim=1), persistent=False)
+        row_sums = qweight.dequantize().sum(dim=1)
         bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+        self._setup(qweight, row_sums, bias)
+
+    def _setup(self, qweight: torch.Tensor, row_sums: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+        self.out_features, self.in_features = qweight.shape
+        self._packed = _quantized(lambda: torch.ops.quantized.linear_prepack(qweight, None))
+        self.register_buffer("row_sums", row_sums, persistent=False)
         self.register_buffer("bias", bias, persistent=False)
+
+    @classmethod
+    def from_parts(cls, weight: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor,
+                   row_sums: torch.Tensor, bias: Optional[torch.Tensor]) -> "RowInt8Linear":
+        """The layer :meth:`parts` described (the prepared-model cache): the same packed
+        weights, without torch.ao's observers (whose import alone costs ~0.5 s)."""
+        if weight.dtype != torch.int8 or weight.dim() != 2 or weight.shape[1] % 16:
+            raise ValueError(f"not a per-row int8 weight: {weight.dtype} {tuple(weight.shape)}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        qweight = _quantized(lambda: torch._make_per_channel_quantized_tensor(
+            weight, scales.double(), zero_points.long(), 0))
+        self._setup(qweight, row_sums, bias)
+        return self
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        """What :meth:`from_parts` rebuilds this layer from: the int8 weight [out, in], its
+        per-row scales (float64) and zero points (int64), ``row_sums`` and ``bias`` (if any)."""
+        qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
+        out = {"weight": qweight.int_repr(), "scales": qweight.q_per_channel_scales().double(),
+               "zero_points": qweight.q_per_channel_zero_points().long(), "row_sums": self.row_sums}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -4,7 +4,8 @@ What the fast path needs from the all-silence window (the encoder output and
 every layer's keys/values, see ``silence.py``) is a pure function of the
 model's weights and of the backend that computed it. It is stored in one
 ``.npz`` per model and backend under ``--cache-dir``, with the model file's
-fingerprint and a SHA-256 of the arrays. On read both are checked; a file
+fingerprint and a SHA-256 of the arrays (keys, checksums and the read/write cycle are
+``disk_cache``'s, shared with the prepared model). On read both are checked; a file
 that is stale (the model changed), corrupt or unreadable is logged, recomputed
 and rewritten, and a cache directory that cannot be written only costs the
 recomputation next time.
@@ -12,13 +13,7 @@ recomputation next time.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import os
-import re
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -26,27 +21,20 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from . import disk_cache
+from .disk_cache import EDGE_BYTES, NO_FILE, checksum as _checksum, safe_name
+
 _LOG = logging.getLogger(__name__)
 
 # Bumped whenever what is stored, or how it is computed, changes.
 FORMAT = 2
-# Bytes hashed at each end of every model file (the middle is covered by size and mtime):
-# hashing all of base's 145 MB costs ~0.25 s here, more than the rest of a cache hit.
-EDGE_BYTES = 1 << 20
+
+__all__ = ["EDGE_BYTES", "FORMAT", "SilenceEncoding", "cache_path", "cached_silence", "fingerprint"]
 
 
 def fingerprint(files: Sequence[Path]) -> str:
-    """Cheap identity of the model's weight files: name, size, mtime and the first and last MiB."""
-    h = hashlib.sha256(f"amanuensis-silence-v{FORMAT}".encode())
-    for path in files:
-        st = os.stat(path)
-        h.update(f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        with open(path, "rb") as f:
-            h.update(f.read(EDGE_BYTES))
-            if st.st_size > 2 * EDGE_BYTES:
-                f.seek(-EDGE_BYTES, os.SEEK_END)
-                h.update(f.read(EDGE_BYTES))
-    return h.hexdigest()
+    """Cheap identity of the model's weight files (``disk_cache.fingerprint``)."""
+    return disk_cache.fingerprint(files, f"amanuensis-silence-v{FORMAT}")
 
 
 @dataclass
@@ -57,24 +45,14 @@ class SilenceEncoding:
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.data)
-    return h.hexdigest()
-
-
 def cache_path(cache_dir: Path, model_name: str, backend: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name)
-    return Path(cache_dir) / f"silence-{safe}-{backend}.npz"
+    return Path(cache_dir) / f"silence-{safe_name(model_name)}-{backend}.npz"
 
 
 def _read(path: Path, key: str) -> tuple[Optional[SilenceEncoding], str]:
     """(the encoding, "") or (None, why it cannot be used)."""
     if not path.is_file():
-        return None, "no cache file yet"
+        return None, NO_FILE
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}
@@ -100,17 +78,7 @@ def _write(path: Path, key: str, enc: SilenceEncoding) -> None:
         arrays[f"k{i}"] = k.detach().cpu().numpy()
         arrays[f"v{i}"] = v.detach().cpu().numpy()
     arrays_with_meta = dict(arrays, key=np.array(key), checksum=np.array(_checksum(arrays)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # written aside and renamed: a reader (another server starting) never sees half a file
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays_with_meta)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    disk_cache.atomic_write(Path(path), lambda f: np.savez(f, **arrays_with_meta))
 
 
 def cached_silence(cache_dir: Optional[Path], model_name: str, files: Sequence[Path], backend: str,
@@ -119,27 +87,5 @@ def cached_silence(cache_dir: Optional[Path], model_name: str, files: Sequence[P
     missing, stale or corrupt. ``cache_dir`` None: always computed, nothing stored."""
     if cache_dir is None:
         return compute()
-    path = cache_path(cache_dir, model_name, backend)
-    try:
-        key = f"{fingerprint(files)}:{backend}"
-    except OSError as err:
-        _LOG.warning("silence cache: cannot fingerprint the model files (%s); computing without the cache", err)
-        return compute()
-    t0 = time.perf_counter()
-    enc, why = _read(path, key)
-    if enc is not None:
-        _LOG.info("silence cache: loaded %s in %.0f ms", path, (time.perf_counter() - t0) * 1000)
-        return enc
-    if why == "no cache file yet":
-        _LOG.info("silence cache: %s: %s; computing the silence encoding", path, why)
-    else:
-        _LOG.warning("silence cache: %s is %s; recomputing the silence encoding and rewriting it", path, why)
-    t0 = time.perf_counter()
-    enc = compute()
-    computed_ms = (time.perf_counter() - t0) * 1000
-    try:
-        _write(path, key, enc)
-        _LOG.info("silence cache: computed in %.0f ms and saved to %s", computed_ms, path)
-    except OSError as err:
-        _LOG.warning("silence cache: cannot write %s (%s); it will be computed again at the next start", path, err)
-    return enc
+    return disk_cache.cached(_LOG, "silence cache", "the silence encoding", cache_path(cache_dir, model_name, backend),
+                             lambda: f"{fingerprint(files)}:{backend}", _read, compute, _write)

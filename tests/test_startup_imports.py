@@ -1,0 +1,38 @@
+"""The server answers describe before torch has loaded: the modules it imports to open its
+port (app, server, connection, lifetime, describe) import neither torch nor scipy nor the
+tokenizer; the engine imports them in the background load (pipeline.import_engine_modules)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "scipy", "tokenizers", "sympy")
+
+
+def test_serving_modules_do_not_import_torch():
+    code = ("import sys\n"
+            "import wyoming_amanuensis.app, wyoming_amanuensis.server, wyoming_amanuensis.lifetime\n"
+            "import wyoming_amanuensis.__main__\n"
+            "from wyoming_amanuensis.config import settings_from\n"
+            "from wyoming_amanuensis.lifetime import EngineHost\n"
+            "from wyoming_amanuensis.info import build_info\n"
+            "settings = settings_from(model='tiny.en')\n"
+            "host = EngineHost(settings)\n"
+            "assert host.model_languages() == {'tiny.en': ['en']}, host.model_languages()\n"
+            "build_info(host, settings)\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"imported before the port opens: {out.stdout.strip()}"
+
+
+def test_engine_load_imports_them():
+    code = ("import sys\n"
+            "from wyoming_amanuensis.config import settings_from\n"
+            "from wyoming_amanuensis.pipeline import Engine\n"
+            "Engine.load(settings_from(model='tiny.en', encoder_backend='cpu', threads=1, cache_dir='none'))\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
