@@ -140,6 +140,10 @@ def _load_decoder(dec: TextDecoder, w: _Weights, int8: bool) -> None:
     dec.proj.weight = dec.token_embedding.weight  # tied, as in Whisper: one copy in memory
     if int8:
         row_int8_linears(dec)  # only the projection is left as a float Linear
+        # The projection has its own int8 weights now; the embedding is only looked up, a row
+        # per token, and float16 holds it closely enough: the same WER on corpus and corpus_ml
+        # to the word (benchmarks/RESULTS.md), and half its memory (53 MB for base).
+        dec.token_embedding.weight.data = dec.token_embedding.weight.data.half()
 
 
 def _materialise(net: nn.Module) -> nn.Module:

@@ -49,7 +49,7 @@ from .quantize import RowInt8Linear
 
 _LOG = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: the int8 decoder's embedding in float16
 MAGIC = b"AMNPREP\x01"
 _MAX_HEADER = 16 << 20
 
