@@ -67,6 +67,15 @@ class EngineHost:
     def energy_status(self) -> EnergyStatus:
         return self.meter.status
 
+    def ready(self) -> None:
+        """Return once the engine is loaded (loading it if nobody is), or its load failed
+        (``run`` then reports why): the scheduler waits here before it times a run, so a
+        load is not taken for engine time."""
+        try:
+            self._ensure_loaded()
+        except Exception:  # noqa: BLE001 - run() reports it to every job
+            pass
+
     def run(self, jobs: list[Job]) -> list[Union[Result, TranscriptionError]]:
         """``Engine.run``, after waiting for (or doing) the load."""
         try:

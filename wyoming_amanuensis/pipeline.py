@@ -220,6 +220,9 @@ class Engine:
             raise outcome
         return outcome
 
+    def ready(self) -> None:
+        """Loaded already (EngineHost.ready waits for a load)."""
+
     def run(self, jobs: list[Job]) -> list[Union[Result, TranscriptionError]]:
         """Jobs -> a Result or the TranscriptionError it failed with, in order.
 

@@ -85,13 +85,17 @@ class Scheduler:
     # Per-final time assumed before any has run: a short command on a small CPU, base model.
     DEFAULT_PER_FINAL_S = 0.3
 
-    def __init__(self, run: RunFn, depth: int, *, batch_size: int = 1, workers: int = 1) -> None:
+    def __init__(self, run: RunFn, depth: int, *, batch_size: int = 1, workers: int = 1,
+                 ready: Optional[Callable[[], object]] = None) -> None:
+        """``ready``: called in the worker before a run is timed, returns once the engine can
+        run (its load is not engine time)."""
         if depth < 1:
             raise ValueError("queue depth must be at least 1")
         self.depth = depth
         self.batch_size = max(1, batch_size)
         self.workers = max(1, workers)
         self._run = run
+        self._ready = ready
         self._finals: deque[_Queued] = deque()
         self._speculative: deque[_Queued] = deque()
         self._partials: deque[_Queued] = deque()
@@ -270,7 +274,8 @@ class Scheduler:
         sharing = self._in_flight  # runs going at once, this one included
         t0 = time.perf_counter()
         try:
-            outcomes, took = await loop.run_in_executor(self._executor, _timed, self._run, [q.job for q in batch])
+            outcomes, took = await loop.run_in_executor(self._executor, _timed, self._run, [q.job for q in batch],
+                                                        self._ready)
         except asyncio.CancelledError:
             raise
         except BaseException as err:  # noqa: BLE001 - every caller of the batch hears of it
@@ -293,9 +298,13 @@ class Scheduler:
             self._idle.set()
 
 
-def _timed(run: RunFn, jobs: list[Job]) -> tuple[Sequence[Any], float]:
-    """(run(jobs), seconds it took), measured in the worker: the event loop's own delay in
-    noticing the result (a crowd's audio to parse) is not engine time."""
+def _timed(run: RunFn, jobs: list[Job], ready: Optional[Callable[[], object]]) -> tuple[Sequence[Any], float]:
+    """(run(jobs), seconds it took), measured in the worker after ``ready``: neither the
+    event loop's own delay in noticing the result (a crowd's audio to parse) nor the model's
+    load is engine time (a first request that waited seconds for the load made the busy
+    hint 2.5x too long)."""
+    if ready is not None:
+        ready()
     t0 = time.perf_counter()
     out = run(jobs)
     return out, time.perf_counter() - t0

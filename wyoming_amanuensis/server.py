@@ -43,7 +43,7 @@ class AmanuensisServer:
         self.telemetry = telemetry
         self.scheduler = Scheduler(engine.run, settings.queue_depth,
                                    batch_size=settings.batch_decode_size if settings.batch_decoding else 1,
-                                   workers=settings.workers)
+                                   workers=settings.workers, ready=engine.ready)
         self.info_event = build_info(engine, settings).event()
         self.vad = SileroVad() if settings.vad_enabled else None  # shared by every connection
         self.names_source = HomeAssistantNames.from_settings(settings)  # None unless ha_url is set
