@@ -226,7 +226,7 @@ def test_languages_other_than_english_get_a_beam_and_english_stays_greedy(engine
     given = engine.transcribe(samples, 16000, Request(language="ru"))
     detected = engine.transcribe(samples, 16000, Request())
     assert BasicTextNormalizer()(greedy.text) != reference
-    assert BasicTextNormalizer()(given.text) == reference, given.text
+    assert BasicTextNormalizer()(given.text).split() == reference.split(), given.text
     # detected: the same search as an explicit beam of 5 (the prefix goes in two passes when the
     # language is detected, so the int8 arithmetic, and a letter, may differ from "given")
     assert detected.language == "ru"

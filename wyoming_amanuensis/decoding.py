@@ -125,7 +125,7 @@ class DecodeResult:
 
 class Decoder:
     def __init__(self, model: WhisperModel, silence: torch.Tensor, *, device: torch.device | str = "cpu",
-                 int8: bool = False, tail_chunk: int = 1):
+                 int8: bool = False, tail_chunk: int = 1, beam_like_ctranslate2: bool = True):
         """``silence``: encoder output of an all-silence 30 s window, [1, 1500, d].
         ``tail_chunk``: pool the silence tail's cross-attention keys in chunks of this many positions (1 = exact)."""
         self.model = model
@@ -142,6 +142,7 @@ class Decoder:
         elif self.device.type != "cpu":
             module = module.to(self.device)
         self.int8 = int8
+        self.beam_like_ctranslate2 = beam_like_ctranslate2
         self.net: TextDecoder = module
         self._check_silence(silence)
         with torch.inference_mode():
@@ -374,6 +375,13 @@ class Decoder:
         ]
 
     def _beam(self, cross: CrossAttention, opts: DecodeOptions, beam: int, started) -> DecodeResult:
+        """Beam search over the ``2 * beam`` best continuations of each step. As CTranslate2
+        does (``beam_like_ctranslate2``; faster-whisper's length_penalty 1 and patience 1):
+        only the ``beam`` best of them may finish (an end-of-text ranked lower is dropped), a
+        finished reading is ranked by its log-probability (end-of-text's included) over its
+        text tokens, and the search stops once ``beam`` readings have finished. Otherwise (the
+        older rule) any end-of-text among the ``2 * beam`` finishes a reading, and the count
+        includes end-of-text, so the search stops sooner."""
         cache, (languages, no_speeches, prefixes, logits, _) = started
         language, no_speech, prefix = languages[0], no_speeches[0], prefixes[0]
         kv = [(k.expand(beam, -1, -1, -1), v.expand(beam, -1, -1, -1), b) for k, v, b in cross.kv]
@@ -383,6 +391,7 @@ class Decoder:
         scores = torch.zeros(1, device=self.device)  # what ranks the beams: log-probability plus name bonuses
         model_scores = torch.zeros(1, device=self.device)  # the model's own log-probability
         finished: list[tuple[float, list[int], float]] = []  # (normalised score, tokens, sum logprob)
+        like_ct2 = self.beam_like_ctranslate2
         suppress, later = self._masks(opts)
         for step in range(limit):
             if opts.stop is not None and opts.stop():
@@ -395,12 +404,15 @@ class Decoder:
             model_total = (model_scores[:, None] + logp).flatten()
             top = torch.topk(total, min(2 * beam, total.numel()))
             new_seqs, new_scores, new_model, origins = [], [], [], []
-            for score, flat in zip(top.values.tolist(), top.indices.tolist()):
+            for rank, (score, flat) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
                 src, token = divmod(flat, logp.shape[1])
                 own = float(model_total[flat])
                 if token == eot or step == limit - 1:
                     seq = seqs[src] + ([] if token == eot else [token])
-                    finished.append((score / (len(seq) + 1), seq, own))
+                    if not like_ct2:
+                        finished.append((score / (len(seq) + 1), seq, own))
+                    elif rank < beam:
+                        finished.append((score / max(len(seq), 1), seq, own))
                 else:
                     new_seqs.append(seqs[src] + [token])
                     new_scores.append(score)
@@ -419,7 +431,8 @@ class Decoder:
             hidden, _ = self.net(torch.tensor([[s[-1]] for s in seqs], device=self.device), cache, step_kv)
             logits = self._logits(hidden[:, -1])
         if not finished:
-            finished = [(s / (len(q) + 1), q, m) for s, q, m in zip(scores.tolist(), seqs, model_scores.tolist())]
+            finished = [(s / (max(len(q), 1) if like_ct2 else len(q) + 1), q, m)
+                        for s, q, m in zip(scores.tolist(), seqs, model_scores.tolist())]
         best = max(finished, key=lambda f: f[0])
         return DecodeResult(tokens=best[1], language=language, avg_logprob=best[2] / (len(best[1]) + 1),
                             no_speech_prob=no_speech, prefix=prefix)

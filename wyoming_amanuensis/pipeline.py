@@ -175,7 +175,8 @@ class Engine:
         context = SilenceContext([(k.to(device), v.to(device)) for k, v in silence.kv], chunk)
         decoder = Decoder(model, silence.features.to(device), device=device,
                           int8=settings.int8_decoder and device.type == "cpu",
-                          tail_chunk=settings.decoder_tail_chunk)
+                          tail_chunk=settings.decoder_tail_chunk,
+                          beam_like_ctranslate2=settings.beam_like_ctranslate2)
         _LOG.info("model %s load phases: weights %.0f ms, encoder backend %.0f ms, silence encoding %.0f ms, "
                   "decoder set-up %.0f ms", model.name, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000,
                   (time.perf_counter() - t3) * 1000)
