@@ -166,7 +166,7 @@ def test_charge_splits_cpu_and_energy_evenly_over_a_batch(tmp_path):
 
 
 def test_overlapping_charges_share_the_process_time_instead_of_each_taking_all_of_it(tmp_path):
-    """--pipeline: an encoder and a decoder charged at the same time on two threads. The
+    """--workers 2: two requests' stages charged at the same time on two threads. The
     process CPU (and energy) of the overlap is split between them: the charges add up to
     what the process spent, where each used to be charged all of it."""
     pkg = zone(tmp_path / "powercap", "intel-rapl:0", "package-0", 0)

@@ -7,8 +7,8 @@ matrix work on its intra-op pool threads, which that clock never sees
 (``benchmarks/bench_cost.py`` prints both). The price is that whatever the
 event loop does at the same moment (VAD and resampling of audio still
 arriving, network, MQTT) is charged to the request being computed. Stages
-that overlap (``--pipeline``: one request's encoder while another's decoder
-runs) share what the process spends while they overlap evenly, so the
+that overlap (``--workers`` 2 or more: two requests computed at once on two
+threads) share what the process spends while they overlap evenly, so the
 requests' costs still add up to the process's. A batched decode
 (``--batch-decoding``) is one computation for several requests: its CPU is
 split evenly between them.
@@ -224,7 +224,7 @@ class CostMeter:
     @contextmanager
     def charge(self, shares: Sequence[Charged]) -> Iterator[None]:
         """What the block costs, split evenly between ``shares`` (one request, or a batch).
-        While stages overlap (``--pipeline``: an encoder and a decoder on two threads) the
+        While stages overlap (``--workers``: two requests on two threads) the
         process's CPU and energy in that time are split evenly between them, so no second
         is charged twice and the requests' costs still add up to the process's."""
         entry = _Open(shares)
