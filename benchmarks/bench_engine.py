@@ -167,11 +167,11 @@ def main() -> None:
         systems.append(s)
 
     refs = [c.reference for c in corpus]
-    short = [i for i, c in enumerate(corpus) if len(a := audio[i]) / 16000 <= SHORT_COMMAND_S]
+    short = [i for i, c in enumerate(corpus) if len(audio[i]) / 16000 <= SHORT_COMMAND_S]
     fw = [s for s in systems if s.name.startswith("faster-whisper")]
     print(f"\ncorpus: {len(corpus)} clips ({len(short)} short commands <= {SHORT_COMMAND_S:g} s), model {args.model}, "
           f"language {language or 'auto'}, {args.threads} threads\n")
-    header = f"| system | WER all | WER short | median ms (short) | mean ms (short) |" + "".join(
+    header = "| system | WER all | WER short | median ms (short) | mean ms (short) |" + "".join(
         f" vs {f.name} |" for f in fw)
     print(header)
     print("|" + "---|" * (header.count("|") - 1))

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_long --threads 1
     .venv/bin/python -m benchmarks.bench_long --threads 1 --variant nocond:condition_on_previous_text=false
+    .venv/bin/python -m benchmarks.bench_long --threads 1 --wide   # 10 more: 90 s from 10 offsets
 
 Each utterance is the corpus's jfk followed by distinct short commands with
 0.6 s gaps (benchmarks/long_audio.py). Each system runs in its own child
@@ -33,11 +34,13 @@ from wyoming_amanuensis.config import settings_from
 
 # (seconds, offset into the short commands): distinct sentences per utterance of one length
 UTTERANCES = [(60, 0), (60, 16), (120, 0), (120, 32)]
+# --wide: 90 s utterances from ten offsets, so that the windows' edges fall in ten more places
+WIDE = [(90, k) for k in range(4, 80, 8)]
 
 
 def child_main(args) -> None:
     kind, name, overrides = json.loads(args.child)
-    utterances = [long_utterance(s, o) for s, o in UTTERANCES]
+    utterances = [long_utterance(s, o) for s, o in _utterances(args)]
     if kind == "amanuensis":
         system = amanuensis_system(name, settings_from(model=args.model, encoder_backend="cpu", threads=args.threads,
                                                        max_utterance_s=600, **overrides), args.language)
@@ -59,6 +62,10 @@ def child_main(args) -> None:
     print(json.dumps(out))
 
 
+def _utterances(args) -> list[tuple[int, int]]:
+    return UTTERANCES + (WIDE if args.wide else [])
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -66,6 +73,7 @@ def _peak_rss_mb() -> float:
 def run_child(spec: tuple, args) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_long", "--child", json.dumps(spec), "--model", args.model,
            "--language", args.language, "--threads", str(args.threads), "--fw-beam", str(args.fw_beam)]
+    cmd += ["--wide"] if args.wide else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -82,6 +90,7 @@ def main() -> None:
     ap.add_argument("--fw-beam", type=int, default=5)
     ap.add_argument("--fw-compute", default="int8")
     ap.add_argument("--variant", action="append", default=[], help="NAME:option=value,... an extra Amanuensis config")
+    ap.add_argument("--wide", action="store_true", help="also the 90 s utterances from ten offsets (WIDE)")
     ap.add_argument("--json", type=Path, help="write raw results here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -98,7 +107,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     fw = next((k for k in results if k.startswith("faster-whisper")), None)
-    lengths = sorted({s for s, _ in UTTERANCES})
+    lengths = sorted({s for s, _ in _utterances(args)})
     print(f"{'system':<28} {'WER long':>8} {'WER clips':>9} {'missing':>7} {'doubled':>7} {'inserted':>8} "
           + " ".join(f"{f'{s} s ms':>9} {'x fw':>5}" for s in lengths))
     for label, r in results.items():

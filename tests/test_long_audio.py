@@ -25,8 +25,8 @@ from wyoming_amanuensis.audio import SAMPLE_RATE
 from wyoming_amanuensis.config import Settings, settings_from
 from wyoming_amanuensis.pipeline import Engine, TranscriptionError
 from wyoming_amanuensis.request import Job, Request
-from wyoming_amanuensis.timestamps import segments
-from wyoming_amanuensis.windows import WINDOW_SAMPLES, _resume_early_end, is_long
+from wyoming_amanuensis.timestamps import Segment, segments
+from wyoming_amanuensis.windows import WINDOW_SAMPLES, _hold_back_edge, _resume_early_end, _skipped_speech, is_long
 
 BEGIN = 50364  # <|0.00|> of the multilingual tokenizer
 WORDS = [100, 200, 300]
@@ -65,11 +65,39 @@ def test_text_closed_long_before_the_window_ends_resumes_there():
     assert _resume_early_end(tokens, BEGIN, 1200, 1200) == 1200  # within 2 s of the end: done
 
 
+def test_a_last_segment_at_the_window_edge_is_left_to_the_next_window():
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 0.1, 30 * SAMPLE_RATE).astype(np.float32)
+    kept = [Segment(0.0, 11.0, WORDS), Segment(25.6, 29.6, [400])]
+    assert _hold_back_edge(kept, audio, 3000, 2960) == (kept[:1], 2560)
+    audio[int(24.4 * SAMPLE_RATE):int(25.0 * SAMPLE_RATE)] = 0.0  # the pause before it, as the model placed it late
+    assert _hold_back_edge(kept, audio, 3000, 2960) == (kept[:1], 2490)  # the middle of its last quiet 0.2 s
+    early = [Segment(0.0, 11.0, WORDS), Segment(24.0, 27.5, [400])]
+    assert _hold_back_edge(early, audio, 3000, 2750) == (early, 2750)  # ends 2.5 s before the edge: kept
+    alone = [Segment(0.0, 29.8, WORDS)]
+    assert _hold_back_edge(alone, audio, 3000, 3000) == (alone, 3000)  # the window must move forward
+
+
+def test_a_pause_placed_over_speech_cuts_the_window_there():
+    rng = np.random.default_rng(0)
+    audio = np.zeros(30 * SAMPLE_RATE, dtype=np.float32)
+    speech = lambda a, b: rng.normal(0, 0.1, int((b - a) * SAMPLE_RATE)).astype(np.float32)  # noqa: E731
+    for a, b in [(0.0, 10.4), (15.6, 17.6)]:
+        audio[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] = speech(a, b)
+    kept = [Segment(0.0, 10.4, WORDS), Segment(15.6, 17.6, [400])]
+    assert _skipped_speech(kept, audio) is None  # a quiet pause is a pause
+    audio[int(11.6 * SAMPLE_RATE):int(15.0 * SAMPLE_RATE)] = speech(11.6, 15.0)
+    assert _skipped_speech(kept, audio) == 1  # the model jumped over a sentence
+    audio[int(1.0 * SAMPLE_RATE):int(2.0 * SAMPLE_RATE)] *= 0  # a pause inside a segment is not the model's
+    short = [Segment(0.0, 10.4, WORDS), Segment(12.0, 17.6, [400])]
+    assert _skipped_speech(short, audio) is None  # 1.6 s apart: under RESUME_AFTER_FRAMES
+
+
 # ------------------------------------------------------------ the engine
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    e = Engine.load(settings_from(model="base", encoder_backend="cpu", max_utterance_s=90))
+    e = Engine.load(settings_from(model="base", encoder_backend="cpu", max_utterance_s=120))
     yield e
     e.close()
 
@@ -99,6 +127,24 @@ def test_60s_of_sentences_come_back_each_once(engine, per_clip, offset):
     # the words the windows' edges cut through: jfk opens, the last command closes
     assert normalize(r.text).startswith("and so my fellow americans")
     assert normalize(r.text).endswith(normalize(u.clips[-1].reference).split()[-1])
+
+
+def test_a_sentence_the_model_jumps_over_is_heard(engine):
+    # jfk, then "add apples to my shopping list": the first window's timestamps jumped from
+    # 10.4 s to 15.6 s over it (_skipped_speech)
+    u = long_utterance(40, 52)
+    r = engine.transcribe(u.audio, SAMPLE_RATE, Request(language="en"))
+    check = check_sentences([c.reference for c in u.clips], r.text)
+    assert not check.missing and not check.repeated, (check, r.text)
+
+
+def test_a_sentence_cut_by_the_window_edge_is_not_swallowed(engine):
+    # "cancel timer" started before 29.6 s of the third window, where the segment before it
+    # was stretched to end (_hold_back_edge)
+    u = long_utterance(120, 32)
+    r = engine.transcribe(u.audio, SAMPLE_RATE, Request(language="en"))
+    check = check_sentences([c.reference for c in u.clips], r.text)
+    assert not check.missing and not check.repeated, (check, r.text)
 
 
 def test_beam_search_windows(engine):
@@ -163,8 +209,8 @@ def test_withdrawn_long_request_stops_between_windows(engine):
 
 def test_over_the_maximum_is_still_refused(engine):
     with pytest.raises(TranscriptionError) as err:
-        engine.transcribe(np.zeros(91 * SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
-    assert err.value.code == "audio-too-long" and "90" in str(err.value)
+        engine.transcribe(np.zeros(121 * SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
+    assert err.value.code == "audio-too-long" and "120" in str(err.value)
 
 
 def test_default_maximum_admits_long_dictation():

@@ -9,10 +9,15 @@ whole in the next window instead of being lost or doubled. The language is
 detected once, on the first window. When the rest of the audio fits in one
 window, that last window is the short one of the fast decoder (the speech
 plus a margin, spliced onto the cached silence), like any short command.
-Two changes from openai's loop: a window whose text closes well before its
-end is resumed there (``_resume_early_end``), and windows with audio after
-them are kept per utterance (``Job.windows``) so that its partials,
-speculations and final decode each of them once.
+Changes from openai's loop, each for sentences it lost or invented on the
+corpus's long utterances (benchmarks/bench_long.py): a window whose text
+closes well before its end is resumed there (``_resume_early_end``); a pause
+the model placed over loud audio is where the next window starts
+(``_skipped_speech``); a last segment at the window's edge is left to the
+next window (``_hold_back_edge``); a segment over no audible speech is
+dropped. Windows with audio after them are kept per utterance
+(``Job.windows``) so that its partials, speculations and final decode each
+of them once.
 """
 
 from __future__ import annotations
@@ -35,6 +40,21 @@ from .timestamps import segments
 WINDOW_SAMPLES = N_FRAMES_30S * HOP
 # A window whose text ends this long before the window does is resumed at that end (_resume_early_end).
 RESUME_AFTER_FRAMES = 2 * FRAMES_PER_SECOND
+# A window's last segment that ends this close to the window's end is decoded again by the next
+# window (_hold_back_edge); chosen by measurement in benchmarks.bench_long (RESULTS.md).
+HOLD_BACK_FRAMES = FRAMES_PER_SECOND
+# A pause the model placed between two segments holds a skipped sentence (_skipped_speech) when this
+# much of it, away from its ends by _MARGIN_S, is within _LOUD_DB of the window's loud frames.
+_SPEECH_S = 0.3
+_MARGIN_S = 0.3
+_LOUD_DB = 20.0
+_LEVELS_PER_S = 50  # 20 ms, one timestamp step
+# A segment with less than this at speech level was not heard but invented.
+_HEARD_S = 0.1
+# A held-back segment (_hold_back_edge) starts the next window at the quietest _QUIET_SPAN_S of the
+# _SNAP_BACK_S before the start the model gave it.
+_SNAP_BACK_S = 2.0
+_QUIET_SPAN_S = 0.2
 # Below this peak a window is digital silence (the same threshold as pipeline.SILENCE_PEAK).
 _SILENT_PEAK = 1e-4
 
@@ -105,10 +125,16 @@ def decode_windows(loaded, audio: np.ndarray, options: DecodeOptions, *, frames_
             seek += size
             continue
         kept, advance = segments(tokens, begin, size)
-        # The last window is short: past its audio the encoder saw only the cached silence, and
-        # a segment the model places there is invented (it repeated earlier commands at the end).
-        kept = [s for s in kept if s.start < size / FRAMES_PER_SECOND]
-        advance = _resume_early_end(tokens, begin, size, advance)
+        # A segment over no audible speech is invented: the short last window's cached silence
+        # grew repeats of earlier commands past the end of the audio, or just inside it.
+        kept = [s for s in kept if _loud_s(chunk, s.start, s.end, margin_s=0.0) >= _HEARD_S]
+        skipped = _skipped_speech(kept, chunk)
+        if skipped is not None:
+            kept, advance = kept[:skipped], round(kept[skipped - 1].end * FRAMES_PER_SECOND)
+        else:
+            advance = _resume_early_end(tokens, begin, size, advance)
+            if content - seek > N_FRAMES_30S:  # more audio follows this window
+                kept, advance = _hold_back_edge(kept, chunk, size, advance)
         text = [t for s in kept for t in s.tokens]
         if want_words and text:
             with stage("alignment"):
@@ -131,6 +157,81 @@ def _resume_early_end(tokens: list[int], begin: int, frames: int, advance: int) 
         return advance
     end = (tokens[-1] - begin) * 2  # timestamp units (20 ms) to mel frames (10 ms)
     return end if 0 < end and frames - end > RESUME_AFTER_FRAMES else advance
+
+
+def _skipped_speech(kept: list, chunk: np.ndarray) -> Optional[int]:
+    """The index of the first segment after a pause the model placed over speech, if any.
+
+    After a long sentence Whisper sometimes jumps over the next one: on jfk
+    followed by "add apples to my shopping list", the window's timestamps went
+    from 10.4 s straight to 15.6 s and the command was never heard. A pause
+    of over RESUME_AFTER_FRAMES between two segments whose audio is loud
+    (``_loud_s``) is such a jump; the window's text is cut before it and the
+    next window starts at the end of the segment before, so the jumped
+    sentence opens a window. A quiet pause costs nothing."""
+    for i in range(1, len(kept)):
+        start, end = kept[i - 1].end, kept[i].start
+        if (end - start) * FRAMES_PER_SECOND > RESUME_AFTER_FRAMES and _loud_s(chunk, start, end) >= _SPEECH_S:
+            return i
+    return None
+
+
+def _loud_s(chunk: np.ndarray, start_s: float, end_s: float, margin_s: float = _MARGIN_S) -> float:
+    """Seconds between ``start_s`` and ``end_s`` (less a margin for the timestamps' error) at
+    speech level: within _LOUD_DB of the window's loud frames."""
+    rms, loud = _levels(chunk)
+    a = max(0, int((start_s + margin_s) * _LEVELS_PER_S))
+    b = min(rms.shape[0], int((end_s - margin_s) * _LEVELS_PER_S))
+    floor = loud * 10 ** (-_LOUD_DB / 20)
+    return float(np.count_nonzero(rms[a:b] > floor)) / _LEVELS_PER_S if b > a else 0.0
+
+
+def _quietest_before(chunk: np.ndarray, at_s: float) -> float:
+    """The quietest moment (_QUIET_SPAN_S of it) in the _SNAP_BACK_S before ``at_s``, when it
+    is a pause (under _LOUD_DB of the window's loud frames); else ``at_s``."""
+    rms, loud = _levels(chunk)
+    span = int(_QUIET_SPAN_S * _LEVELS_PER_S)
+    b = min(rms.shape[0], int(at_s * _LEVELS_PER_S))
+    a = max(0, b - int(_SNAP_BACK_S * _LEVELS_PER_S))
+    if b - a < span:
+        return at_s
+    smooth = np.convolve(rms[a:b], np.ones(span) / span, mode="valid")
+    i = smooth.shape[0] - 1 - int(np.argmin(smooth[::-1]))  # of equals, the latest: the least heard twice
+    if smooth[i] > loud * 10 ** (-_LOUD_DB / 20):
+        return at_s
+    return (a + i + span // 2) / _LEVELS_PER_S
+
+
+def _levels(chunk: np.ndarray) -> tuple[np.ndarray, float]:
+    """(RMS of each 20 ms of the window, the window's loud level: its 95th percentile)."""
+    frame = SAMPLE_RATE // _LEVELS_PER_S
+    n = chunk.shape[0] // frame
+    if n == 0:
+        return np.zeros(0), 0.0
+    rms = np.sqrt(np.mean(chunk[:n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
+    return rms, float(np.percentile(rms, 95))
+
+
+def _hold_back_edge(kept: list, chunk: np.ndarray, frames: int, advance: int) -> tuple[list, int]:
+    """Leaves a last segment that ends at the window's edge to the next window.
+
+    A sentence cut by the window's end can be swallowed by the segment before
+    it: the model stretches that segment's end timestamp over the cut words
+    and the next window starts after them. On the corpus's 117 s utterance,
+    "add apples to my shopping list" was closed at 29.6 s of 30 while "cancel
+    timer" began before that, and "cancel timer" was never heard. So a last
+    segment ending within HOLD_BACK_FRAMES of the edge is dropped and the next
+    window starts where it started, hearing it and what follows it whole.
+    Timestamps this late in a window run late (by 1.4 s there, with one
+    thread), so the start is moved back to the pause just before it. A segment
+    that starts the window is kept, so every window moves forward."""
+    if len(kept) < 2 or advance <= 0:
+        return kept, advance
+    last = kept[-1]
+    start = round(_quietest_before(chunk, last.start) * FRAMES_PER_SECOND)
+    if frames - round(last.end * FRAMES_PER_SECOND) > HOLD_BACK_FRAMES or start <= 0:
+        return kept, advance
+    return kept[:-1], start
 
 
 def _window_options(options: DecodeOptions, out: Windowed, condition: bool, frames: int) -> DecodeOptions:
