@@ -26,7 +26,7 @@ from wyoming_amanuensis.config import Settings, settings_from
 from wyoming_amanuensis.pipeline import Engine, TranscriptionError
 from wyoming_amanuensis.request import Job, Request
 from wyoming_amanuensis.timestamps import Segment, segments
-from wyoming_amanuensis.windows import WINDOW_SAMPLES, _hold_back_edge, _resume_early_end, _skipped_speech, is_long
+from wyoming_amanuensis.windows import WINDOW_SAMPLES, _hold_back_edge, _Levels, _resume_early_end, _skipped_speech, is_long
 
 BEGIN = 50364  # <|0.00|> of the multilingual tokenizer
 WORDS = [100, 200, 300]
@@ -69,13 +69,13 @@ def test_a_last_segment_at_the_window_edge_is_left_to_the_next_window():
     rng = np.random.default_rng(0)
     audio = rng.normal(0, 0.1, 30 * SAMPLE_RATE).astype(np.float32)
     kept = [Segment(0.0, 11.0, WORDS), Segment(25.6, 29.6, [400])]
-    assert _hold_back_edge(kept, audio, 3000, 2960) == (kept[:1], 2560)
+    assert _hold_back_edge(kept, _Levels.of(audio), 3000, 2960) == (kept[:1], 2560)
     audio[int(24.4 * SAMPLE_RATE):int(25.0 * SAMPLE_RATE)] = 0.0  # the pause before it, as the model placed it late
-    assert _hold_back_edge(kept, audio, 3000, 2960) == (kept[:1], 2490)  # the middle of its last quiet 0.2 s
+    assert _hold_back_edge(kept, _Levels.of(audio), 3000, 2960) == (kept[:1], 2490)  # the middle of its last quiet 0.2 s
     early = [Segment(0.0, 11.0, WORDS), Segment(24.0, 27.5, [400])]
-    assert _hold_back_edge(early, audio, 3000, 2750) == (early, 2750)  # ends 2.5 s before the edge: kept
+    assert _hold_back_edge(early, _Levels.of(audio), 3000, 2750) == (early, 2750)  # ends 2.5 s before the edge: kept
     alone = [Segment(0.0, 29.8, WORDS)]
-    assert _hold_back_edge(alone, audio, 3000, 3000) == (alone, 3000)  # the window must move forward
+    assert _hold_back_edge(alone, _Levels.of(audio), 3000, 3000) == (alone, 3000)  # the window must move forward
 
 
 def test_a_pause_placed_over_speech_cuts_the_window_there():
@@ -85,12 +85,12 @@ def test_a_pause_placed_over_speech_cuts_the_window_there():
     for a, b in [(0.0, 10.4), (15.6, 17.6)]:
         audio[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] = speech(a, b)
     kept = [Segment(0.0, 10.4, WORDS), Segment(15.6, 17.6, [400])]
-    assert _skipped_speech(kept, audio) is None  # a quiet pause is a pause
+    assert _skipped_speech(kept, _Levels.of(audio)) is None  # a quiet pause is a pause
     audio[int(11.6 * SAMPLE_RATE):int(15.0 * SAMPLE_RATE)] = speech(11.6, 15.0)
-    assert _skipped_speech(kept, audio) == 1  # the model jumped over a sentence
+    assert _skipped_speech(kept, _Levels.of(audio)) == 1  # the model jumped over a sentence
     audio[int(1.0 * SAMPLE_RATE):int(2.0 * SAMPLE_RATE)] *= 0  # a pause inside a segment is not the model's
     short = [Segment(0.0, 10.4, WORDS), Segment(12.0, 17.6, [400])]
-    assert _skipped_speech(short, audio) is None  # 1.6 s apart: under RESUME_AFTER_FRAMES
+    assert _skipped_speech(short, _Levels.of(audio)) is None  # 1.6 s apart: under RESUME_AFTER_FRAMES
 
 
 # ------------------------------------------------------------ the engine

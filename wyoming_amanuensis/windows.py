@@ -127,14 +127,15 @@ def decode_windows(loaded, audio: np.ndarray, options: DecodeOptions, *, frames_
         kept, advance = segments(tokens, begin, size)
         # A segment over no audible speech is invented: the short last window's cached silence
         # grew repeats of earlier commands past the end of the audio, or just inside it.
-        kept = [s for s in kept if _loud_s(chunk, s.start, s.end, margin_s=0.0) >= _HEARD_S]
-        skipped = _skipped_speech(kept, chunk)
+        levels = _Levels.of(chunk)
+        kept = [s for s in kept if levels.loud_s(s.start, s.end, margin_s=0.0) >= _HEARD_S]
+        skipped = _skipped_speech(kept, levels)
         if skipped is not None:
             kept, advance = kept[:skipped], round(kept[skipped - 1].end * FRAMES_PER_SECOND)
         else:
             advance = _resume_early_end(tokens, begin, size, advance)
             if content - seek > N_FRAMES_30S:  # more audio follows this window
-                kept, advance = _hold_back_edge(kept, chunk, size, advance)
+                kept, advance = _hold_back_edge(kept, levels, size, advance)
         text = [t for s in kept for t in s.tokens]
         if want_words and text:
             with stage("alignment"):
@@ -159,60 +160,63 @@ def _resume_early_end(tokens: list[int], begin: int, frames: int, advance: int) 
     return end if 0 < end and frames - end > RESUME_AFTER_FRAMES else advance
 
 
-def _skipped_speech(kept: list, chunk: np.ndarray) -> Optional[int]:
+def _skipped_speech(kept: list, levels: _Levels) -> Optional[int]:
     """The index of the first segment after a pause the model placed over speech, if any.
 
     After a long sentence Whisper sometimes jumps over the next one: on jfk
     followed by "add apples to my shopping list", the window's timestamps went
     from 10.4 s straight to 15.6 s and the command was never heard. A pause
     of over RESUME_AFTER_FRAMES between two segments whose audio is loud
-    (``_loud_s``) is such a jump; the window's text is cut before it and the
+    (``_Levels.loud_s``) is such a jump; the window's text is cut before it and the
     next window starts at the end of the segment before, so the jumped
     sentence opens a window. A quiet pause costs nothing."""
     for i in range(1, len(kept)):
         start, end = kept[i - 1].end, kept[i].start
-        if (end - start) * FRAMES_PER_SECOND > RESUME_AFTER_FRAMES and _loud_s(chunk, start, end) >= _SPEECH_S:
+        if (end - start) * FRAMES_PER_SECOND > RESUME_AFTER_FRAMES and levels.loud_s(start, end) >= _SPEECH_S:
             return i
     return None
 
 
-def _loud_s(chunk: np.ndarray, start_s: float, end_s: float, margin_s: float = _MARGIN_S) -> float:
-    """Seconds between ``start_s`` and ``end_s`` (less a margin for the timestamps' error) at
-    speech level: within _LOUD_DB of the window's loud frames."""
-    rms, loud = _levels(chunk)
-    a = max(0, int((start_s + margin_s) * _LEVELS_PER_S))
-    b = min(rms.shape[0], int((end_s - margin_s) * _LEVELS_PER_S))
-    floor = loud * 10 ** (-_LOUD_DB / 20)
-    return float(np.count_nonzero(rms[a:b] > floor)) / _LEVELS_PER_S if b > a else 0.0
+@dataclass
+class _Levels:
+    """How loud each 20 ms of one window is (computed once per window)."""
+
+    rms: np.ndarray
+    loud: float  # the window's loud level: its 95th percentile
+
+    @classmethod
+    def of(cls, chunk: np.ndarray) -> "_Levels":
+        frame = SAMPLE_RATE // _LEVELS_PER_S
+        n = chunk.shape[0] // frame
+        if n == 0:
+            return cls(np.zeros(0), 0.0)
+        rms = np.sqrt(np.mean(chunk[:n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
+        return cls(rms, float(np.percentile(rms, 95)))
+
+    def loud_s(self, start_s: float, end_s: float, margin_s: float = _MARGIN_S) -> float:
+        """Seconds between ``start_s`` and ``end_s`` (less a margin for the timestamps' error)
+        at speech level: within _LOUD_DB of the window's loud frames."""
+        a = max(0, int((start_s + margin_s) * _LEVELS_PER_S))
+        b = min(self.rms.shape[0], int((end_s - margin_s) * _LEVELS_PER_S))
+        floor = self.loud * 10 ** (-_LOUD_DB / 20)
+        return float(np.count_nonzero(self.rms[a:b] > floor)) / _LEVELS_PER_S if b > a else 0.0
+
+    def quietest_before(self, at_s: float) -> float:
+        """The quietest moment (_QUIET_SPAN_S of it) in the _SNAP_BACK_S before ``at_s``, when
+        it is a pause (under _LOUD_DB of the window's loud frames); else ``at_s``."""
+        span = int(_QUIET_SPAN_S * _LEVELS_PER_S)
+        b = min(self.rms.shape[0], int(at_s * _LEVELS_PER_S))
+        a = max(0, b - int(_SNAP_BACK_S * _LEVELS_PER_S))
+        if b - a < span:
+            return at_s
+        smooth = np.convolve(self.rms[a:b], np.ones(span) / span, mode="valid")
+        i = smooth.shape[0] - 1 - int(np.argmin(smooth[::-1]))  # of equals, the latest: the least heard twice
+        if smooth[i] > self.loud * 10 ** (-_LOUD_DB / 20):
+            return at_s
+        return (a + i + span // 2) / _LEVELS_PER_S
 
 
-def _quietest_before(chunk: np.ndarray, at_s: float) -> float:
-    """The quietest moment (_QUIET_SPAN_S of it) in the _SNAP_BACK_S before ``at_s``, when it
-    is a pause (under _LOUD_DB of the window's loud frames); else ``at_s``."""
-    rms, loud = _levels(chunk)
-    span = int(_QUIET_SPAN_S * _LEVELS_PER_S)
-    b = min(rms.shape[0], int(at_s * _LEVELS_PER_S))
-    a = max(0, b - int(_SNAP_BACK_S * _LEVELS_PER_S))
-    if b - a < span:
-        return at_s
-    smooth = np.convolve(rms[a:b], np.ones(span) / span, mode="valid")
-    i = smooth.shape[0] - 1 - int(np.argmin(smooth[::-1]))  # of equals, the latest: the least heard twice
-    if smooth[i] > loud * 10 ** (-_LOUD_DB / 20):
-        return at_s
-    return (a + i + span // 2) / _LEVELS_PER_S
-
-
-def _levels(chunk: np.ndarray) -> tuple[np.ndarray, float]:
-    """(RMS of each 20 ms of the window, the window's loud level: its 95th percentile)."""
-    frame = SAMPLE_RATE // _LEVELS_PER_S
-    n = chunk.shape[0] // frame
-    if n == 0:
-        return np.zeros(0), 0.0
-    rms = np.sqrt(np.mean(chunk[:n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
-    return rms, float(np.percentile(rms, 95))
-
-
-def _hold_back_edge(kept: list, chunk: np.ndarray, frames: int, advance: int) -> tuple[list, int]:
+def _hold_back_edge(kept: list, levels: _Levels, frames: int, advance: int) -> tuple[list, int]:
     """Leaves a last segment that ends at the window's edge to the next window.
 
     A sentence cut by the window's end can be swallowed by the segment before
@@ -228,7 +232,7 @@ def _hold_back_edge(kept: list, chunk: np.ndarray, frames: int, advance: int) ->
     if len(kept) < 2 or advance <= 0:
         return kept, advance
     last = kept[-1]
-    start = round(_quietest_before(chunk, last.start) * FRAMES_PER_SECOND)
+    start = round(levels.quietest_before(last.start) * FRAMES_PER_SECOND)
     if frames - round(last.end * FRAMES_PER_SECOND) > HOLD_BACK_FRAMES or start <= 0:
         return kept, advance
     return kept[:-1], start
