@@ -13,10 +13,13 @@ import torch
 
 from benchmarks.bench_engine import materialise_model
 from benchmarks.corpus import clips
-from wyoming_amanuensis.config import settings_from
+from wyoming_amanuensis.config import Settings, settings_from
 from wyoming_amanuensis.model import disk_cache, prepared
-from wyoming_amanuensis.model.quantize import RowInt8Linear
+from wyoming_amanuensis.model.quantize import RowInt8Linear, int8_activation_bits
 from wyoming_amanuensis.pipeline import Engine
+
+# the int8 decoder's activation bits as the default settings run here (the cache file's name)
+DEFAULT_BITS = int8_activation_bits(Settings().int8_decoder_bits)
 
 CLIPS = ("s2p_gen_turn_on_the_lights", "living_room_light")
 LOGGER = "wyoming_amanuensis.model.prepared"
@@ -66,7 +69,7 @@ def test_base_from_the_cache_is_bit_identical(tmp_path, caplog):
     cache = tmp_path / "cache"
     first, log = load("base", cache, caplog)
     assert "no cache file yet; computing the prepared model" in log
-    path = prepared.cache_path(cache, "base", True)
+    path = prepared.cache_path(cache, "base", DEFAULT_BITS)
     assert path.is_file()
     uncached, log = load("base", "none", caplog)
     assert log == "" and sorted(p.name for p in cache.iterdir())[0] == path.name
@@ -91,7 +94,7 @@ def test_float_decoder_keeps_its_tied_projection(tiny_dir, tmp_path, caplog):
     load(str(tiny_dir), tmp_path, caplog, **kw)
     cached, log = load(str(tiny_dir), tmp_path, caplog, **kw)
     assert "model cache: loaded" in log
-    assert prepared.cache_path(tmp_path, "tiny-prepared", False).is_file()
+    assert prepared.cache_path(tmp_path, "tiny-prepared", 0).is_file()
     dec = networks(cached)[1]
     assert dec.proj.weight is dec.token_embedding.weight  # one copy, as built from model.bin
     uncached, _ = load(str(tiny_dir), "none", caplog, **kw)
@@ -103,7 +106,7 @@ def test_rebuilt_when_corrupt_truncated_or_the_model_changed(tiny_dir, tmp_path,
     reference = token_ids(load(str(tiny_dir), "none", caplog)[0])
     _, log = load(str(tiny_dir), tmp_path, caplog)
     assert "no cache file yet" in log
-    path = prepared.cache_path(tmp_path, "tiny-prepared", True)
+    path = prepared.cache_path(tmp_path, "tiny-prepared", DEFAULT_BITS)
     good = path.read_bytes()
 
     def damaged(data: bytes, why: str) -> None:
@@ -144,3 +147,11 @@ def test_no_model_cache_when_asked_and_unwritable_folder(tiny_dir, tmp_path, cap
     engine, log = load(str(tiny_dir), blocker / "cache", caplog)
     assert "cannot write" in log and "computed again at the next start" in log
     assert token_ids(engine)
+
+
+def test_an_older_versions_file_is_removed(tiny_dir, tmp_path, caplog):
+    old = tmp_path / "model-tiny-prepared-int8dec.bin"  # named before the activation bits were
+    old.write_bytes(b"AMNPREP\x01" + bytes(64))
+    _, log = load(str(tiny_dir), tmp_path, caplog)
+    assert not old.exists() and "removed" in log
+    assert prepared.cache_path(tmp_path, "tiny-prepared", DEFAULT_BITS).is_file()

@@ -55,6 +55,7 @@ class Settings:
     beam_like_ctranslate2: bool = _opt(True, "Beam search ranks and finishes readings as CTranslate2 (faster-whisper, length_penalty 1, patience 1) does: by log-probability per text token (end-of-text not counted), and only the beam-width best candidates of a step may finish. Off: per token counting end-of-text, and an end-of-text ranked below the beam width also finishes a reading (the search stops sooner). Measured on corpus_ml (language given): pooled WER 25.4 -> 25.0 % (better in de, fr, pt, ro; one word worse in es and pl); fed the same encoder output, CTranslate2's own decoder gives exactly our tokens on 102 instead of 95 of 141 commands. English is greedy: unchanged.")
     encoder_backend: str = _opt("auto", "Where the encoder runs: auto tries npu, then cuda, then cpu.", choices=ENCODER_BACKENDS)
     int8_decoder: bool = _opt(True, "Quantise the decoder's linear layers to int8 (per-channel dynamic quantisation; CPU only). Cuts the decoder's per-token cost about 4x at equal corpus WER.", aliases=("USE_INT8_DECODER",))
+    int8_decoder_bits: int = _opt(8, "int8 decoder: activation precision, each token's own range in 2^bits steps (per-row scales: batched and solo decoding agree). 8 also puts the weights on CTranslate2's grid (max|w|/127 per channel, none clipped); it needs AVX512-VNNI and becomes 7 on CPUs without it. 7 is torch's recipe (its weight observer, 128 steps). Measured (benchmarks/RESULTS.md, session 6, language given): 7 -> 8 takes English WER 6.1 -> 5.1 %, corpus_ml 25.0 -> 25.2 % with 5/11 -> 8/11 languages within 1 point of faster-whisper beam 5, at the same speed; long audio unchanged (3.6 / 3.7 %).")
     int8_encoder: bool = _opt(False, "Quantise the CPU encoder's linear layers to int8 (per-channel weights, a scale per activation row, as the decoder's; CPU backend only): the encoder about 1.9x faster (91 -> 48 ms per command, 1 thread) on a quarter of the weight memory; WER 6.1 -> 6.6 % on corpus, 25.4 -> 26.2 % on corpus_ml (benchmarks/RESULTS.md), hence off.")
     fast_decoder: bool = _opt(True, "Short-command path: encode only the speech plus a margin and splice the cached silence encoding (and its cross-attention keys/values) for the rest of the 30 s window. Off = always encode the full window.", aliases=("USE_CUSTOM_DECODER",))
     splice_margin_s: float = _opt(0.5, "Seconds of padding encoded after the speech before the cached silence tail (fast decoder only).")
@@ -172,6 +173,8 @@ class Settings:
             raise bad("max_utterance_s", "must be > 0 and at most 600")
         if self.queue_depth < 1:
             raise bad("queue_depth", "must be at least 1")
+        if self.int8_decoder_bits not in (7, 8):
+            raise bad("int8_decoder_bits", "must be 7 or 8")
         if self.splice_margin_s < 0 or self.splice_margin_s > 30:
             raise bad("splice_margin_s", "must be between 0 and 30")
         if self.silence_chunk < 0 or self.silence_chunk > 1500:

@@ -125,23 +125,25 @@ class DecodeResult:
 
 class Decoder:
     def __init__(self, model: WhisperModel, silence: torch.Tensor, *, device: torch.device | str = "cpu",
-                 int8: bool = False, tail_chunk: int = 1, beam_like_ctranslate2: bool = True):
+                 int8_bits: int = 0, tail_chunk: int = 1, beam_like_ctranslate2: bool = True):
         """``silence``: encoder output of an all-silence 30 s window, [1, 1500, d].
+        ``int8_bits``: the decoder's Linear layers on int8 weights with activations of this many
+        bits (``quantize.RowInt8Linear``; a model loaded so already is), 0: as loaded.
         ``tail_chunk``: pool the silence tail's cross-attention keys in chunks of this many positions (1 = exact)."""
         self.model = model
         self.tok = model.tokenizer
         self.device = torch.device(device)
         self.width = model.dims.width
         module = model.decoder
-        if int8:
+        if int8_bits:
             if self.device.type != "cpu":
                 raise ValueError("the int8 decoder runs on the CPU only")
             # In place (the float decoder is only ever used through this object), with per-row
             # activation scales: a request's tokens must not depend on what it is batched with.
-            module = row_int8_linears(module)
+            module = row_int8_linears(module, bits=int8_bits)
         elif self.device.type != "cpu":
             module = module.to(self.device)
-        self.int8 = int8
+        self.int8 = bool(int8_bits)
         self.beam_like_ctranslate2 = beam_like_ctranslate2
         self.net: TextDecoder = module
         self._check_silence(silence)

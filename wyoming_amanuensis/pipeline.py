@@ -156,8 +156,8 @@ class Engine:
     @staticmethod
     def _load_one(name: str, settings: Settings) -> LoadedModel:
         t0 = time.perf_counter()
-        model = load_model(name, int8_decoder=settings.int8_decoder and _decoder_on_cpu(settings),
-                           cache_dir=settings.silence_cache_dir())
+        int8_bits = settings.int8_decoder_bits if settings.int8_decoder and _decoder_on_cpu(settings) else 0
+        model = load_model(name, int8_bits=int8_bits, cache_dir=settings.silence_cache_dir())
         t1 = time.perf_counter()
         backend = select_backend(model.encoder, settings)
         t2 = time.perf_counter()
@@ -174,7 +174,7 @@ class Engine:
         device = backend.decoder_device
         context = SilenceContext([(k.to(device), v.to(device)) for k, v in silence.kv], chunk)
         decoder = Decoder(model, silence.features.to(device), device=device,
-                          int8=settings.int8_decoder and device.type == "cpu",
+                          int8_bits=settings.int8_decoder_bits if settings.int8_decoder and device.type == "cpu" else 0,
                           tail_chunk=settings.decoder_tail_chunk,
                           beam_like_ctranslate2=settings.beam_like_ctranslate2)
         _LOG.info("model %s load phases: weights %.0f ms, encoder backend %.0f ms, silence encoding %.0f ms, "

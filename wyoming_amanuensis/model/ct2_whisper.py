@@ -126,20 +126,20 @@ def _load_encoder(enc: AudioEncoder, w: _Weights) -> None:
     w.norm(enc.ln_post, "encoder/layer_norm")
 
 
-def _load_decoder(dec: TextDecoder, w: _Weights, int8: bool) -> None:
+def _load_decoder(dec: TextDecoder, w: _Weights, int8_bits: int) -> None:
     dims = dec.dims
     d = dims.width
     dec.positions.copy_(w.get("decoder/position_encodings/encodings", (dims.n_text_ctx, d)))
     w.norm(dec.ln, "decoder/layer_norm")
     for i, block in enumerate(dec.blocks):
         _load_layers(nn.ModuleList([block]), "decoder", DECODER_LAYER, w, first=i)
-        if int8:  # layer by layer: the float decoder never exists whole (peak memory of the load)
-            row_int8_linears(block)  # per-row scales: batched and solo decoding agree (quantize.py)
+        if int8_bits:  # layer by layer: the float decoder never exists whole (peak memory of the load)
+            row_int8_linears(block, bits=int8_bits)  # per-row scales: batched and solo decoding agree (quantize.py)
     # the fresh float32 array itself, not a copy of it: this matrix alone is 106 MB for base
     dec.token_embedding.weight.data = w.get("decoder/embeddings/weight", (dims.n_vocab, d))
     dec.proj.weight = dec.token_embedding.weight  # tied, as in Whisper: one copy in memory
-    if int8:
-        row_int8_linears(dec)  # only the projection is left as a float Linear
+    if int8_bits:
+        row_int8_linears(dec, bits=int8_bits)  # only the projection is left as a float Linear
         # The projection has its own int8 weights now; the embedding is only looked up, a row
         # per token, and float16 holds it closely enough: the same WER on corpus and corpus_ml
         # to the word (benchmarks/RESULTS.md), and half its memory (53 MB for base).
@@ -160,9 +160,10 @@ def _materialise(net: nn.Module) -> nn.Module:
 
 
 def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin",
-                  int8_decoder: bool = False) -> tuple[Dims, AudioEncoder, TextDecoder]:
+                  int8_bits: int = 0) -> tuple[Dims, AudioEncoder, TextDecoder]:
     """The model's dimensions and its two networks, weights loaded, in eval mode without gradients.
-    ``int8_decoder``: the decoder's Linear layers quantised as they are loaded (``quantize.row_int8_linears``)."""
+    ``int8_bits``: the decoder's Linear layers quantised as they are loaded, with activations of
+    this many bits (``quantize.row_int8_linears``); 0: a float decoder."""
     dims = dims_from_variables(variables, path)
     w = _Weights(variables, path)
     with torch.no_grad():
@@ -172,5 +173,5 @@ def build_modules(variables: dict[str, np.ndarray], path: str = "model.bin",
             enc, dec = AudioEncoder(dims), TextDecoder(dims)
         enc, dec = _materialise(enc), _materialise(dec)
         _load_encoder(enc, w)
-        _load_decoder(dec, w, int8_decoder)
+        _load_decoder(dec, w, int8_bits)
     return dims, enc.eval().requires_grad_(False), dec.eval().requires_grad_(False)

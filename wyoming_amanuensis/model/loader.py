@@ -127,15 +127,18 @@ def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
     return name, directory, bytes(_read_parts(parts)) if len(parts) > 1 else None
 
 
-def load_model(name_or_path: str, int8_decoder: bool = False, cache_dir: Optional[Path] = None) -> WhisperModel:
-    """``int8_decoder``: quantise the decoder while loading (see ``build_modules``).
+def load_model(name_or_path: str, int8_bits: int = 0, cache_dir: Optional[Path] = None) -> WhisperModel:
+    """``int8_bits``: quantise the decoder while loading, with activations of this many bits
+    (7 or 8, ``quantize.RowInt8Linear``; 8 becomes 7 where this CPU cannot run it); 0: float.
     ``cache_dir``: read the networks from the prepared-model cache there (``prepared.py``),
     building them from model.bin and storing them when it has none; None: always built."""
     from .ct2_whisper import build_modules
     from .prepared import cached_modules
+    from .quantize import int8_activation_bits
     from .tokenizer import WhisperTokenizer, load_bpe
 
     t0 = time.perf_counter()
+    int8_bits = int8_activation_bits(int8_bits) if int8_bits else 0
     name, directory, parts = locate(name_or_path)
     model_bin = str(directory / "model.bin") if len(parts) == 1 else f"{directory}/model.bin.part1+part2"
     config_path = directory / "config.json"
@@ -149,9 +152,9 @@ def load_model(name_or_path: str, int8_decoder: bool = False, cache_dir: Optiona
         blob = _read_parts(parts) if len(parts) > 1 else None
         variables = read_model_bin(blob if blob is not None else directory / "model.bin", name=model_bin)
         t2 = time.perf_counter()
-        built = build_modules(variables, model_bin, int8_decoder)
+        built = build_modules(variables, model_bin, int8_bits)
         _LOG.info("model %s built from %s: read %.0f ms, converted%s %.0f ms", name, model_bin, (t2 - t1) * 1000,
-                  " and quantised" if int8_decoder else "", (time.perf_counter() - t2) * 1000)
+                  " and quantised" if int8_bits else "", (time.perf_counter() - t2) * 1000)
         return built
 
     tok_path = directory / "tokenizer.json"
@@ -169,7 +172,7 @@ def load_model(name_or_path: str, int8_decoder: bool = False, cache_dir: Optiona
     tok_thread = threading.Thread(target=read_tokenizer, name="amanuensis-tokenizer", daemon=True)
     tok_thread.start()
     try:
-        dims, encoder, decoder = cached_modules(cache_dir, name, parts, int8_decoder, build)
+        dims, encoder, decoder = cached_modules(cache_dir, name, parts, int8_bits, build)
     finally:
         tok_thread.join()
     t_modules = time.perf_counter()

@@ -49,7 +49,7 @@ from .quantize import RowInt8Linear
 
 _LOG = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: the int8 decoder's embedding in float16
+FORMAT = 3  # 2: the int8 decoder's embedding in float16; 3: the int8 layers' activation bits
 MAGIC = b"AMNPREP\x01"
 _MAX_HEADER = 16 << 20
 
@@ -60,13 +60,15 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
-def cache_path(cache_dir: Path, model_name: str, int8_decoder: bool) -> Path:
-    return Path(cache_dir) / f"model-{disk_cache.safe_name(model_name)}-{'int8' if int8_decoder else 'f32'}dec.bin"
+def cache_path(cache_dir: Path, model_name: str, int8_bits: int) -> Path:
+    """``int8_bits``: the int8 decoder's activation bits as it runs here, 0 for a float decoder."""
+    decoder = f"int8b{int8_bits}" if int8_bits else "f32"
+    return Path(cache_dir) / f"model-{disk_cache.safe_name(model_name)}-{decoder}dec.bin"
 
 
-def cache_key(files: Sequence[Path], int8_decoder: bool) -> str:
+def cache_key(files: Sequence[Path], int8_bits: int) -> str:
     return (f"{disk_cache.fingerprint(files, f'amanuensis-prepared-v{FORMAT}')}:"
-            f"int8_decoder={int(int8_decoder)}:torch{torch.__version__}")
+            f"int8_bits={int8_bits}:torch{torch.__version__}")
 
 
 # ------------------------------------------------------------------------------- writing
@@ -204,7 +206,7 @@ def _assemble(dims: Dims, table: list[dict], tensors: dict[str, torch.Tensor]) -
             raise _Corrupt(f"corrupt (int8 layer {prefix}{path} replaces no Linear)")
         try:
             layer = RowInt8Linear.from_parts(parts["weight"], parts["scales"], parts["zero_points"],
-                                             parts["row_sums"], parts.get("bias"))
+                                             parts["row_sums"], parts.get("bias"), parts["bits"])
         except (KeyError, ValueError, RuntimeError) as err:
             raise _Corrupt(f"corrupt (int8 layer {prefix}{path}: {err})") from None
         if (layer.in_features, layer.out_features) != (old.in_features, old.out_features):
@@ -264,14 +266,29 @@ def _read(path: Path, key: str) -> tuple[Optional[Modules], str]:
         return None, f"unreadable ({type(err).__name__}: {err})"
 
 
-def cached_modules(cache_dir: Optional[Path], model_name: str, files: Sequence[Path], int8_decoder: bool,
+def cached_modules(cache_dir: Optional[Path], model_name: str, files: Sequence[Path], int8_bits: int,
                    build: Callable[[], Modules]) -> Modules:
-    """The model's networks from the prepared-model cache in ``cache_dir``, or ``build()``
+    """``int8_bits``: the int8 decoder's activation bits as it runs here (0: a float decoder).
+    The model's networks from the prepared-model cache in ``cache_dir``, or ``build()``
     (and stored there) when it is missing, stale or corrupt. ``cache_dir`` None: always built.
     The file is written in the background (~0.7 s for base's 240 MB, SHA-256 included): the
     first start after installing transcribes without waiting for it
     (``disk_cache.wait_for_writes`` waits)."""
     if cache_dir is None:
         return build()
-    return disk_cache.cached(_LOG, "model cache", "the prepared model", cache_path(cache_dir, model_name, int8_decoder),
-                             lambda: cache_key(files, int8_decoder), _read, build, _write, background=True)
+    _remove_unnamed_bits(Path(cache_dir), model_name)
+    return disk_cache.cached(_LOG, "model cache", "the prepared model", cache_path(cache_dir, model_name, int8_bits),
+                             lambda: cache_key(files, int8_bits), _read, build, _write, background=True)
+
+
+def _remove_unnamed_bits(cache_dir: Path, model_name: str) -> None:
+    """Deletes the int8 file of FORMAT 2 and before, whose name did not say its activation
+    bits: no version reads it any more, and it is ~190 MB for base."""
+    old = cache_dir / f"model-{disk_cache.safe_name(model_name)}-int8dec.bin"
+    try:
+        old.unlink()
+        _LOG.info("model cache: removed %s (an older version's file)", old)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        _LOG.warning("model cache: cannot remove %s, an older version's file (%s)", old, err)
