@@ -239,6 +239,35 @@ def test_languages_other_than_english_get_a_beam_and_english_stays_greedy(engine
     assert english.text != engine.transcribe(command, 16000, Request(language="en", beam_size=5)).text
 
 
+def test_a_language_the_short_window_leaves_in_doubt_is_detected_on_the_full_window(engine, monkeypatch):
+    """--language-full-window-below (0.5): on the short window these Italian commands were
+    detected as Telugu and Spanish, each with under half the probability."""
+    ml = {c.name: c for c in clips(CORPUS_DIR.parent / "corpus_ml")}
+    backend = engine.models[engine.default_model].backend
+    encoded: list[int] = []  # mel frames of every encoder pass
+    real_encode = backend.encode
+    monkeypatch.setattr(backend, "encode", lambda mel, context: encoded.append(mel.shape[-1]) or real_encode(mel, context))
+    short_only = Engine.load(settings_from(model="base", encoder_backend="cpu", language_full_window_below=0))
+    try:
+        for name in ("it_001", "it_011"):
+            samples = to_16k(*ml[name].read())[0]
+            doubtful = short_only.transcribe(samples, 16000, Request())
+            encoded.clear()
+            settled = engine.transcribe(samples, 16000, Request())
+            assert doubtful.language != "it" and settled.language == "it", (name, doubtful, settled)
+            assert encoded[0] < 3000 and encoded[1:] == [3000]  # the short window, then the full one
+            # then decoded as if Italian had been given
+            assert settled.text == engine.transcribe(samples, 16000, Request(language="it")).text
+    finally:
+        short_only.close()
+    # a language given, or detected with confidence, costs no second pass
+    command = audio("s2p_gen_set_color_of_lights_to_green")
+    encoded.clear()
+    assert engine.transcribe(command, 16000, Request()).language == "en"
+    engine.transcribe(command, 16000, Request(language="it"))
+    assert len(encoded) == 2 and max(encoded) < 3000
+
+
 # One home's names: every name a corpus command uses plus ~100 it does not (benchmarks/home_names.py).
 HOME = home_names([c.reference for c in CLIPS.values()])
 # Commands the model mishears without names ("bad light", "Blue Lighting", "standing lights",

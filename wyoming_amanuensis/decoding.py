@@ -261,6 +261,18 @@ class Decoder:
         prefixes = [h + self._sot(lang, o) for h, lang, o in zip(heads, languages, opts)]
         return languages, no_speech, prefixes, self._logits(hidden[:, -1]), weights
 
+    @torch.inference_mode()
+    def detect_language(self, cross: CrossAttention) -> tuple[str, float]:
+        """(the likeliest language of the audio, its probability among the model's languages):
+        the first step of decoding without a prompt, as ``_run_prefix`` detects."""
+        tok = self.tok
+        hidden, _ = self.net(torch.tensor([[tok.sot]], device=self.device), self.net.new_cache(1), cross.kv)
+        codes = list(tok.languages)
+        ids = torch.tensor([tok.languages[c] for c in codes], device=self.device)
+        probs = torch.softmax(self._logits(hidden[:, -1])[0, ids], dim=-1)
+        best = int(probs.argmax())
+        return codes[best], float(probs[best])
+
     def _sot(self, language: str, opts: DecodeOptions) -> list[int]:
         seq = self.tok.sot_sequence(language)
         return seq[:-1] if opts.timestamps else seq  # without <|notimestamps|>

@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import numpy as np
@@ -330,6 +330,30 @@ class Engine:
             timings.npu_ms += w.enc.npu_ms
         with _stage(timings, "decoder", self.meter):
             w.cross = w.loaded.decoder.prepare(w.enc)
+        threshold = self.settings.language_full_window_below
+        if w.options.language is None and model.tokenizer.multilingual and threshold > 0 and frames < N_FRAMES_30S:
+            self._settle_language(w, threshold)
+
+    def _settle_language(self, w: "_Work", threshold: float) -> None:
+        """The language of a short command that names none, when the short window leaves it
+        in doubt (--language-full-window-below): the spliced silence serves the words but
+        detects fewer languages (corpus_ml: 70.9 % against 74.5 % on the full 30 s window), so a
+        detection less sure than ``threshold`` is made again on the whole window, as
+        faster-whisper detects, and the command is decoded in that language."""
+        decoder, model = w.loaded.decoder, w.loaded.model
+        with _stage(w.timings, "decoder", self.meter):
+            _, probability = decoder.detect_language(w.cross)
+        if probability >= threshold:
+            return  # decoded as before, detecting the same language on the way
+        with _stage(w.timings, "mel", self.meter):
+            mel = log_mel(w.audio, model.dims.n_mels, n_frames=N_FRAMES_30S)[None]
+        with _stage(w.timings, "encoder", self.meter):
+            enc = w.loaded.backend.encode(mel, w.loaded.context)
+            enc.tail_cached = False
+            w.timings.npu_ms += enc.npu_ms
+        with _stage(w.timings, "decoder", self.meter):
+            language, _ = decoder.detect_language(decoder.prepare(enc))
+        w.options = replace(w.options, language=language)
 
     def _long(self, w: "_Work") -> None:
         """All stages of an utterance longer than one window (windows.py), alone: its
