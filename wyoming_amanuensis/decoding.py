@@ -247,10 +247,8 @@ class Decoder:
         if any(lang is None for lang in languages):
             hidden, _ = self.net(torch.tensor([h + [tok.sot] for h in heads], device=self.device), cache, kv)
             sot_logits = self._logits(hidden[:, -1])
-            codes = list(tok.languages)
-            ids = torch.tensor([tok.languages[c] for c in codes], device=self.device)
-            best = sot_logits[:, ids].argmax(dim=-1).tolist()
-            languages = [lang or codes[i] for lang, i in zip(languages, best)]
+            codes, probs = self._language_probs(sot_logits)
+            languages = [lang or codes[i] for lang, i in zip(languages, probs.argmax(dim=-1).tolist())]
             rests = [self._sot(lang, o)[1:] for lang, o in zip(languages, opts)]
             hidden, weights = self.net(torch.tensor(rests, device=self.device), cache, kv, weight_layers=weight_layers)
         else:
@@ -265,13 +263,17 @@ class Decoder:
     def detect_language(self, cross: CrossAttention) -> tuple[str, float]:
         """(the likeliest language of the audio, its probability among the model's languages):
         the first step of decoding without a prompt, as ``_run_prefix`` detects."""
-        tok = self.tok
-        hidden, _ = self.net(torch.tensor([[tok.sot]], device=self.device), self.net.new_cache(1), cross.kv)
-        codes = list(tok.languages)
-        ids = torch.tensor([tok.languages[c] for c in codes], device=self.device)
-        probs = torch.softmax(self._logits(hidden[:, -1])[0, ids], dim=-1)
-        best = int(probs.argmax())
-        return codes[best], float(probs[best])
+        hidden, _ = self.net(torch.tensor([[self.tok.sot]], device=self.device), self.net.new_cache(1), cross.kv)
+        codes, probs = self._language_probs(self._logits(hidden[:, -1]))
+        best = int(probs[0].argmax())
+        return codes[best], float(probs[0, best])
+
+    def _language_probs(self, sot_logits: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """(the model's language codes, [B, languages] each row's probability of each) from the
+        logits after start-of-transcript."""
+        codes = list(self.tok.languages)
+        ids = torch.tensor([self.tok.languages[c] for c in codes], device=self.device)
+        return codes, torch.softmax(sot_logits[:, ids], dim=-1)
 
     def _sot(self, language: str, opts: DecodeOptions) -> list[int]:
         seq = self.tok.sot_sequence(language)
