@@ -180,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
           + f"; model {shape.name} (random weights, width {shape.width}, {shape.enc_layers}+{shape.dec_layers} "
           f"layers, {shape.n_mels} mels) written in {time.perf_counter() - t0:.1f} s")
 
+    # The random models' prepared files stay in the work folder, out of the user's model cache.
     base = settings_from(model=str(ref_dir), encoder_backend="cpu", int8_decoder=False, threads=args.threads,
-                         beam_size_non_english=1, batch_decode_size=max(args.batch or [1]))
+                         beam_size_non_english=1, batch_decode_size=max(args.batch or [1]),
+                         cache_dir=str(work / "cache"))
     ref = Engine.load(base)
     device_backend = "cuda" if args.device.startswith("cuda") else "cpu"
     dev = Engine.load(dataclasses.replace(base, model=str(dev_dir), encoder_backend=device_backend))

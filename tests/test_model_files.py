@@ -39,7 +39,7 @@ def test_tensor_layout_follows_the_spec(tiny_dir):
     assert np.all(bias[384:768] == 0) and np.any(bias[:384] != 0)
 
 
-def test_user_model_directory_loads_and_transcribes(tiny_dir):
+def test_user_model_directory_loads_and_transcribes(tiny_dir, tmp_path):
     from wyoming_amanuensis.config import settings_from
     from wyoming_amanuensis.pipeline import Engine
     from benchmarks.corpus import clips, normalize
@@ -47,7 +47,7 @@ def test_user_model_directory_loads_and_transcribes(tiny_dir):
     m = load_model(str(tiny_dir))
     assert m.name == "my-tiny" and m.dims.width == 384 and m.languages == ["en"]
     assert m.alignment_heads[0] == (1, 0)
-    engine = Engine.load(settings_from(model=str(tiny_dir), encoder_backend="cpu"))
+    engine = Engine.load(settings_from(model=str(tiny_dir), encoder_backend="cpu", cache_dir=str(tmp_path / "cache")))
     clip = next(c for c in clips() if c.name == "s2p_gen_turn_on_the_lights")
     assert normalize(engine.transcribe(*clip.read()).text) == "turn on the lights"
 

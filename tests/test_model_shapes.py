@@ -147,7 +147,7 @@ def test_shape_loads_runs_and_short_window_agrees(name, tmp_path, speech):
     # a float decoder: int8 dynamic quantisation scales activations per call, so the exact
     # comparison below would differ by its rounding
     settings = settings_from(model=str(directory), encoder_backend="cpu", beam_size_non_english=1,
-                             int8_decoder=False)
+                             int8_decoder=False, cache_dir=str(tmp_path / "cache"))
     fast = Engine.load(settings)
     full = Engine(dataclasses.replace(settings, fast_decoder=False), fast.models)
     loaded = fast.models[name]

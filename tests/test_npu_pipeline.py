@@ -52,12 +52,14 @@ def fake_npu(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engines(fake_npu):
+def engines(fake_npu, tmp_path_factory):
     # Float decoder on both sides: the int8 decoder (the default) quantises its activations dynamically and
     # turns encoder differences of ~1e-3 (bf16x3 NPU vs float32 CPU) into different tokens on knife-edge clips
     # (8 of 73 corpus clips with base); with the float decoder every clip matches. This test is about the encoder.
     cpu = Engine.load(settings_from(encoder_backend="cpu", int8_decoder=False))
-    npu = Engine.load(settings_from(encoder_backend="npu", npu_kernel_dir=str(fake_npu.kernel_dir), int8_decoder=False))
+    # The fake device's silence encoding stays out of the user's cache, where a real NPU would read it.
+    npu = Engine.load(settings_from(encoder_backend="npu", npu_kernel_dir=str(fake_npu.kernel_dir), int8_decoder=False,
+                                    cache_dir=str(tmp_path_factory.mktemp("npu-cache"))))
     assert npu.encoder_backend == "npu" and cpu.encoder_backend == "cpu"
     yield cpu, npu
     npu.close()
