@@ -11,11 +11,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from wyoming.info import Describe, Info
 
 from benchmarks.bench_engine import materialise_model
 from benchmarks.corpus import clips, normalize
 from tests.conftest import READY_LINE
-from tests.test_server import TINY_EXACT, Clip, same_words, served, transcribe
+from tests.test_server import TINY_EXACT, Clip, client_for, read_event, same_words, served, transcribe
 from wyoming_amanuensis.config import settings_from
 from wyoming_amanuensis.model.silence_cache import cache_path
 from wyoming_amanuensis.pipeline import Engine
@@ -113,16 +114,28 @@ def test_no_disk_cache_when_asked(tiny_dir, tmp_path, caplog):
 async def test_describe_answered_while_the_model_loads_then_requests_wait(server_factory):
     # base without the disk cache: its load (silence pass included) takes seconds, so the port
     # must be open long before the engine is
-    server = server_factory(("--model", "base", "--encoder-backend", "cpu", "--threads", "1",
+    # (the encoder backend left to "auto": info names it as set while loading, as chosen after)
+    server = server_factory(("--model", "base", "--encoder-backend", "auto", "--threads", "1",
                              "--cache-dir", "none"), model_args=(), wait_loaded=False)
-    assert await served(server)
+    loading = await described(server)
     log = server.log()
     assert READY_LINE not in log, "the model was already loaded: nothing shows describe came first"
+    assert "encoder on auto" in loading.asr[0].description
     t0 = time.monotonic()
     event = await transcribe(server, Clip("living_room_light"))  # waits for the load
     assert same_words(event.data["text"], "Turn on the living room light.")
     assert READY_LINE in server.log() and time.monotonic() - t0 > 0
     assert server.log().index("listening on") < server.log().index(READY_LINE)
+    chosen = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"encoder on {chosen};" in (await described(server)).asr[0].description
+
+
+async def described(server) -> Info:
+    async with client_for(server) as client:
+        await client.write_event(Describe().event())
+        event = await read_event(client, 10)
+        assert event is not None and Info.is_type(event.type), event
+        return Info.from_event(event)
 
 
 async def test_no_preload_loads_at_the_first_request(server_factory, tmp_path):

@@ -392,7 +392,7 @@ class RecordingTelemetry:
     instances: list["RecordingTelemetry"] = []
 
     def __init__(self, settings, *, encoder_backend, models, version, backend_stats, energy_status):
-        self.args = dict(encoder_backend=encoder_backend, models=models, version=version)
+        self.args = dict(encoder_backend=encoder_backend(), models=models, version=version)
         self.backend_stats = backend_stats
         self.energy_status = energy_status
         self.calls = []

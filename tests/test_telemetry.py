@@ -63,7 +63,7 @@ async def make_telemetry():
     started: list[Telemetry] = []
 
     async def make(settings, start: bool = True, energy: EnergyStatus = NO_ENERGY) -> Telemetry:
-        telemetry = Telemetry(settings, encoder_backend="cpu", models=["tiny.en"], version="9.9.9",
+        telemetry = Telemetry(settings, encoder_backend=lambda: "cpu", models=["tiny.en"], version="9.9.9",
                               energy_status=lambda: energy)
         if start:
             await telemetry.start()
@@ -201,7 +201,7 @@ def test_discovery_declares_energy_sensors_only_where_counters_are_read():
 
 
 async def test_disabled_without_a_broker_and_every_call_is_a_no_op():
-    telemetry = Telemetry(settings_from(), encoder_backend="cpu", models=["tiny.en"], version="1")
+    telemetry = Telemetry(settings_from(), encoder_backend=lambda: "cpu", models=["tiny.en"], version="1")
     assert not telemetry.enabled
     await telemetry.start()
     telemetry.record(ok_event())
@@ -209,9 +209,17 @@ async def test_disabled_without_a_broker_and_every_call_is_a_no_op():
     assert telemetry.stats_snapshot()["requests"] == 0
 
 
+def test_stats_name_the_backend_the_engine_chose_once_it_has():
+    chosen = ["auto"]  # --encoder-backend auto, the engine still loading
+    telemetry = Telemetry(settings_from(), encoder_backend=lambda: chosen[0], models=["base"], version="1")
+    assert telemetry.stats_snapshot()["encoder_backend"] == "auto"
+    chosen[0] = "cpu"  # loaded
+    assert telemetry.stats_snapshot()["encoder_backend"] == "cpu"
+
+
 def test_stats_carry_the_encoder_backends_own_counters_and_the_fallbacks():
     npu = {"precision": "bf16x3", "requests": 4, "fallbacks": 1, "disabled": False, "disabled_reason": None}
-    telemetry = Telemetry(settings_for(free_port()), encoder_backend="npu", models=["base"], version="1",
+    telemetry = Telemetry(settings_for(free_port()), encoder_backend=lambda: "npu", models=["base"], version="1",
                           backend_stats=lambda: dict(npu))
     telemetry.record(ok_event("a", make_result(encoder_fallback=True)))
     telemetry.record(ok_event("b"))
@@ -219,7 +227,7 @@ def test_stats_carry_the_encoder_backends_own_counters_and_the_fallbacks():
     assert stats["npu"] == npu and stats["encoder_fallbacks"] == 1 and stats["requests"] == 2
     npu["disabled"] = True  # read at every snapshot: a backend given up on shows at once
     assert telemetry.stats_snapshot()["npu"]["disabled"] is True
-    plain = Telemetry(settings_from(), encoder_backend="cpu", models=["base"], version="1")
+    plain = Telemetry(settings_from(), encoder_backend=lambda: "cpu", models=["base"], version="1")
     assert plain.stats_snapshot()["npu"] is None
 
 
@@ -340,7 +348,7 @@ from wyoming_amanuensis.telemetry import Telemetry
 
 async def main():
     settings = settings_from(mqtt_host="127.0.0.1", mqtt_port=int(sys.argv[1]), instance="doomed")
-    telemetry = Telemetry(settings, encoder_backend="cpu", models=["tiny.en"], version="1")
+    telemetry = Telemetry(settings, encoder_backend=lambda: "cpu", models=["tiny.en"], version="1")
     await telemetry.start()
     await asyncio.Event().wait()
 

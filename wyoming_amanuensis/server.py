@@ -44,13 +44,22 @@ class AmanuensisServer:
         self.scheduler = Scheduler(engine.run, settings.queue_depth,
                                    batch_size=settings.batch_decode_size if settings.batch_decoding else 1,
                                    workers=settings.workers, ready=engine.ready)
-        self.info_event = build_info(engine, settings).event()
+        self._info: Optional[tuple] = None  # (what it depends on, the info event)
         self.vad = SileroVad() if settings.vad_enabled else None  # shared by every connection
         self.names_source = HomeAssistantNames.from_settings(settings)  # None unless ha_url is set
         self.handlers: set[ConnectionHandler] = set()
         self.stopping = False
         self._wyoming: Optional[AsyncServer] = None
         self._stdio_task: Optional[asyncio.Task] = None
+
+    @property
+    def info_event(self):
+        """The ``info`` answer, built again only when what it says changed: the encoder backend is
+        the setting ("auto") until the engine has loaded and then the one chosen."""
+        key = (self.engine.encoder_backend, self.engine.energy_status().describe())
+        if self._info is None or self._info[0] != key:
+            self._info = (key, build_info(self.engine, self.settings).event())
+        return self._info[1]
 
     # ---------------------------------------------------------------- start
     async def start(self) -> None:

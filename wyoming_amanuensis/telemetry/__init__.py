@@ -35,13 +35,13 @@ STATS_AFTER_REQUEST_S = 1.0
 
 
 class Telemetry:
-    def __init__(self, settings: Settings, *, encoder_backend: str, models: list[str], version: str,
+    def __init__(self, settings: Settings, *, encoder_backend: Callable[[], str], models: list[str], version: str,
                  backend_stats: Callable[[], Optional[dict]] = lambda: None,
                  energy_status: Callable[[], EnergyStatus] = lambda: EnergyStatus(False, reason="not measured")) -> None:
         self.settings = settings
         self.backend_stats = backend_stats
         self.energy_status = energy_status
-        self.encoder_backend = encoder_backend
+        self.encoder_backend = encoder_backend  # asked each time: "auto" until the engine has chosen
         self.models = list(models)
         self.version = version
         self.topics: Topics = topics_for(settings)
@@ -101,7 +101,7 @@ class Telemetry:
                            cpu_s=result.timings.cpu_s if result else 0.0,
                            energy_j=result.timings.energy_j if result else None)
             payload = request_payload(event, include_text=self.settings.mqtt_include_text,
-                                      default_backend=self.encoder_backend)
+                                      default_backend=self.encoder_backend())
             self.publisher.submit(Message(self.topics.request, encode(payload), qos=self._qos))
             wake(self._loop, self._stats_due)
         except Exception as err:  # noqa: BLE001 - telemetry must never break a request
@@ -113,7 +113,7 @@ class Telemetry:
 
     def stats_snapshot(self) -> dict:
         """The stats payload as it would be published now."""
-        return stats_payload(self.stats.snapshot(), encoder_backend=self.encoder_backend, models=self.models,
+        return stats_payload(self.stats.snapshot(), encoder_backend=self.encoder_backend(), models=self.models,
                              version=self.version, dropped=self.publisher.dropped if self.publisher else 0,
                              energy=self.energy_status(), backend_stats=self.backend_stats())
 
