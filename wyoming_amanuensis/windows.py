@@ -139,7 +139,8 @@ def decode_windows(loaded, audio: np.ndarray, options: DecodeOptions, *, frames_
         text = [t for s in kept for t in s.tokens]
         if want_words and text:
             with stage("alignment"):
-                out.words += _words(decoder, cross, text, language, advance, start / SAMPLE_RATE)
+                # advance can pass the window's audio (a timestamp stamped past its end): words stay inside it
+                out.words += _words(decoder, cross, text, language, min(advance, size), start / SAMPLE_RATE)
         out.tokens += text
         seek += advance if advance > 0 else size  # never the same window twice
     return out
