@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_pyxrt  # noqa: E402
+from benchmarks.corpus import CORPUS_DIR  # noqa: E402
 
 from wyoming_amanuensis.audio import to_16k  # noqa: E402
 from wyoming_amanuensis.config import settings_from  # noqa: E402
@@ -34,7 +35,6 @@ from wyoming_amanuensis.mel import log_mel  # noqa: E402
 from wyoming_amanuensis.model.loader import load_model  # noqa: E402
 from wyoming_amanuensis.model.modules import AudioEncoder, Dims  # noqa: E402
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 SMALL_TILE = dict(M=32, K=48, N=40)  # deliberately not dividing the small encoder's widths
 
 
@@ -84,7 +84,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
-    samples, rate = sf.read(str(CORPUS / "jfk.wav"), dtype="float32")
+    samples, rate = sf.read(str(CORPUS_DIR / "jfk.wav"), dtype="float32")
     return to_16k(samples, rate)[0]
 
 

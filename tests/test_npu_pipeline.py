@@ -16,13 +16,13 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_pyxrt  # noqa: E402
+from benchmarks.corpus import CORPUS_DIR  # noqa: E402
 
 from wyoming_amanuensis.config import settings_from  # noqa: E402
 from wyoming_amanuensis.encoders import npu_device  # noqa: E402
 from wyoming_amanuensis.model import modules  # noqa: E402
 from wyoming_amanuensis.pipeline import Engine  # noqa: E402
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 SUBSET = [  # long speech, 44.1 kHz stereo, real recordings and TTS, numbers, short and long commands
     "jfk", "lamp_44k_stereo", "living_room_light", "s2p_gen_create_timer_for_6_hours_and_20_minutes",
     "s2p_gen_set_the_brightness_of_the_kitchen_to_25_percent", "s2p_gen_what_s_the_weather_in_new_york",
@@ -33,7 +33,7 @@ FULL = os.environ.get("AMANUENSIS_NPU_FULL_CORPUS") == "1"
 
 
 def read(name: str):
-    samples, rate = sf.read(str(CORPUS / f"{name}.wav"), dtype="float32")
+    samples, rate = sf.read(str(CORPUS_DIR / f"{name}.wav"), dtype="float32")
     return samples, rate
 
 
@@ -69,7 +69,7 @@ def engines(fake_npu, tmp_path_factory):
 @pytest.fixture(scope="module")
 def cpu_texts(engines):
     cpu, _ = engines
-    names = SUBSET if not FULL else sorted(p.stem for p in CORPUS.glob("*.wav"))
+    names = SUBSET if not FULL else sorted(p.stem for p in CORPUS_DIR.glob("*.wav"))
     return {name: cpu.transcribe(*read(name)).text for name in names}
 
 
