@@ -15,7 +15,9 @@ bundled base weights, int8, beam 5 (wyoming-faster-whisper's reference setting) 
 
 Printed per language and pooled: WER, CER, exact commands (normalised hypothesis == normalised
 reference) and, in auto mode, the language-ID rate; then median compute ms per clip (English:
-short commands only) with its ratio to faster-whisper beam 5. Text is normalised with Whisper's
+short commands only) with its ratio to faster-whisper beam 5; then each system's WER gap to
+faster-whisper beam 5 per language with a 90 % paired bootstrap interval and the number of clips
+with fewer / more errors, which says whether a language's 5-42 clips resolve a gap of a point. Text is normalised with Whisper's
 English normaliser for corpus/ (benchmarks.corpus.normalize) and its basic one (case, punctuation)
 elsewhere. The corpus_ml references write numbers as digits where a transcript may spell them
 out: the basic normaliser does not fold them, so those clips cost every system alike; compare
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Optional
 
 import jiwer
+import numpy as np
 from whisper_normalizer.basic import BasicTextNormalizer
 
 from benchmarks.bench_engine import materialise_model, parse_variant
@@ -207,6 +210,30 @@ def score(items: list[dict], recs: list[dict]) -> dict:
             "langid": 100 * sum(r["language"] == i["lang"] for _, _, i, r in pairs) / len(pairs)}
 
 
+def clip_errors(items: list[dict], recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Per clip: word errors (substitutions, deletions, insertions) and reference words."""
+    errors, words = [], []
+    for i, r in zip(items, recs):
+        ref, hyp = norm(i["ref"], i["lang"]), norm(r["text"], i["lang"])
+        if ref:
+            out = jiwer.process_words(ref, hyp)
+            errors.append(out.substitutions + out.deletions + out.insertions)
+            words.append(len(ref.split()))
+    return np.array(errors, dtype=float), np.array(words, dtype=float)
+
+
+def wer_gap_interval(ours: np.ndarray, theirs: np.ndarray, words: np.ndarray, rounds: int = 4000,
+                     level: float = 0.9) -> tuple[float, float, float]:
+    """WER difference in points (ours - theirs) with a paired bootstrap interval: the clips are
+    resampled, each keeping both systems' errors, so that what one hard clip costs both cancels."""
+    gap = 100 * (ours.sum() - theirs.sum()) / words.sum()
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, words.shape[0], size=(rounds, words.shape[0]))
+    gaps = 100 * (ours[idx].sum(1) - theirs[idx].sum(1)) / words[idx].sum(1)
+    lo, hi = np.quantile(gaps, [(1 - level) / 2, (1 + level) / 2])
+    return float(gap), float(lo), float(hi)
+
+
 def median_ms(items: list[dict], recs: list[dict]) -> float:
     # only short commands: what Home Assistant sends, and what the latency claims are about
     ms = [r["ms"] for i, r in zip(items, recs) if i["short"]]
@@ -265,6 +292,25 @@ def report(items: list[dict], results: dict[str, list[dict]], modes: list[str]) 
             rows.append(row + [f"{len(ok)}/{len(langs)}"])
         table(["system", "ml WER", "ml WER no-digit", "ml CER", "ml exact", "ml langID", "ml ms", "ml ms ratio",
                "en WER", "en CER", "en exact", "en langID", "en ms", "en ms ratio", "langs ok"], rows)
+    if REFERENCE in results and langs:
+        print(f"\n### WER gap to {REFERENCE} in points, 90 % paired bootstrap interval over the clips: "
+              "how many points one language's few clips can resolve; then clips with fewer / more errors than it")
+        for mode in modes:
+            rows = []
+            for name, recs in results.items():
+                if name == REFERENCE:
+                    continue
+                row = [f"{name} ({mode})"]
+                for lg in langs + ["ml"]:
+                    sel = [k for k, i in enumerate(items)
+                           if i["mode"] == mode and i["corpus"] == "ml" and lg in (i["lang"], "ml")]
+                    ours, words = clip_errors([items[k] for k in sel], [recs[k] for k in sel])
+                    theirs, _ = clip_errors([items[k] for k in sel], [results[REFERENCE][k] for k in sel])
+                    gap, lo, hi = wer_gap_interval(ours, theirs, words)
+                    better, worse = int((ours < theirs).sum()), int((ours > theirs).sum())
+                    row.append(f"{gap:+.1f} [{lo:+.1f}, {hi:+.1f}] {better}/{worse}")
+                rows.append(row)
+            table(["system"] + [f"{lg} ({n[lg]})" for lg in langs + ["ml"]], rows)
     if "given" in modes:
         for name, (label, wer_then, ms_then) in RESULTS_EN.items():
             s = scores.get(name, {}).get("given", {}).get("en")
