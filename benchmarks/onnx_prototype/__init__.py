@@ -1,0 +1,17 @@
+"""A torch-free ONNX Runtime prototype of our Whisper pipeline: a MEASUREMENT, not product code.
+
+It answers one question: would a CPU runtime without torch (onnxruntime + numpy) be as exact as
+our torch engine, as fast, and lighter to start? Nothing in ``wyoming_amanuensis`` uses it.
+
+    .venv/bin/python -m benchmarks.onnx_prototype [--workdir DIR] [--rounds 3] [--steps build,compare,timing,floor]
+
+Modules, one job each:
+  graphs    Whisper base as ONNX graphs written with onnx.helper from our own model.bin reader
+            (weights as external data files), plus the prepared silence context/tail (build step)
+  runtime   torch-free pieces: numpy log-mel, ORT sessions, silence tails read by pread, greedy loop
+  numerics  the graphs against our torch engine on 12 English corpus clips (compare step)
+  timing    ORT against torch at 1 thread, interleaved (timing step)
+  floor     memory / start-up floor, each system in its own fresh process (floor step)
+
+See README.md in this folder for what each figure means.
+"""
