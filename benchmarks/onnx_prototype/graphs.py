@@ -36,6 +36,7 @@ from .runtime import OrtWhisper, log_mel_np, session
 OPSET = 17
 F = TensorProto.FLOAT
 I64 = TensorProto.INT64
+I32 = TensorProto.INT32
 SAVED = ("encoder", "encoder_flash", "cross", "decoder")
 
 
@@ -233,48 +234,106 @@ def build_cross(v):
     return g.model("whisper_cross_kv", [helper.make_tensor_value_info("features", F, [1, "P", d])], outputs)
 
 
-def build_decoder(v):
+def build_decoder(v, cross="plain", self_attn="concat"):
+    """One decoder step. The defaults are decoder.onnx; the variants (build_variant) answer the batching and
+    KV-cache steps with the same weights and int8 linears:
+
+    cross      plain: cross_k/v [Bc, H, S, hd], cross_bias [S] (one audio length for the batch)
+               pad:   cross_k/v [B, H, Smax, hd], each row padded to the longest, cross_bias [B, Smax] (-inf on
+                      the padding)
+               loop:  the rows' audio concatenated, cross_k/v [1, H, sum S_b, hd], cross_bias [sum S_b], and
+                      cross_off [B + 1] int64; an ONNX Loop attends each row over its own slice (as
+                      wyoming_amanuensis.model.modules attends each row over its own audio)
+    self_attn  concat: past_k/v [B, H, past, hd] in, present = past + new out (a Concat copy)
+               gqa:    com.microsoft.GroupQueryAttention on a preallocated cache [B, H, maxT, hd], meant to be
+                       bound as past_k{i} and present_k{i} at once (IOBinding) and written in place;
+                       seqlens_k [B] int32 (= past + n - 1), total_len [1] int32
+    """
     D = dims(v)
     d, H, L = D["d"], D["H_dec"], D["L_dec"]
     hd = d // H
     g = G(v)
     inputs = [helper.make_tensor_value_info("tokens", I64, ["B", "n"]),
               helper.make_tensor_value_info("offset", I64, [1]),
-              helper.make_tensor_value_info("cross_bias", F, ["S"])]
-    inputs += [helper.make_tensor_value_info(f"past_{kind}{i}", F, ["B", H, "past", hd]) for i in range(L) for kind in "kv"]
-    inputs += [helper.make_tensor_value_info(f"cross_{kind}{i}", F, ["Bc", H, "S", hd]) for i in range(L) for kind in "kv"]
+              helper.make_tensor_value_info("cross_bias", F, ["B", "S"] if cross == "pad" else ["S"])]
+    if cross == "loop":
+        inputs.append(helper.make_tensor_value_info("cross_off", I64, ["B1"]))
+    if self_attn == "gqa":
+        inputs += [helper.make_tensor_value_info("seqlens_k", I32, ["B"]),
+                   helper.make_tensor_value_info("total_len", I32, [1])]
+    past = ["B", H, "maxT" if self_attn == "gqa" else "past", hd]
+    inputs += [helper.make_tensor_value_info(f"past_{kind}{i}", F, past) for i in range(L) for kind in "kv"]
+    cshape = {"plain": ["Bc", H, "S", hd], "pad": ["B", H, "S", hd], "loop": [1, H, "S", hd]}[cross]
+    inputs += [helper.make_tensor_value_info(f"cross_{kind}{i}", F, cshape) for i in range(L) for kind in "kv"]
     emb = g.w("decoder/embeddings/weight")  # [V, d]; its int8 copy is the output projection (tied)
     x = g.op("Cast", [g.op("Gather", [g.init(emb.astype(np.float16), "emb16"), "tokens"], axis=0)], to=F)
     n = g.op("Gather", [g.op("Shape", ["tokens"]), g.const_i64([1])], axis=0)  # [1]
     end = g.op("Add", ["offset", n])
     x = g.op("Add", [x, g.op("Slice", [g.init(g.w("decoder/position_encodings/encodings")), "offset", end,
                                        g.const_i64([0])])])
-    # causal mask [n, offset + n]: row i sees keys j <= offset + i
-    zero, one = g.init(np.array(0, np.int64)), g.init(np.array(1, np.int64))
-    rows = g.op("Add", [g.op("Unsqueeze", [g.op("Range", [zero, g.op("Squeeze", [n]), one]), g.const_i64([1])]), "offset"])
-    cols = g.op("Unsqueeze", [g.op("Range", [zero, g.op("Squeeze", [end]), one]), g.const_i64([0])])
-    causal = g.op("Where", [g.op("LessOrEqual", [cols, rows]), g.scalar(0.0), g.scalar(-np.inf)])
+    if self_attn == "concat":  # causal mask [n, offset + n]: row i sees keys j <= offset + i
+        zero, one = g.init(np.array(0, np.int64)), g.init(np.array(1, np.int64))
+        rows = g.op("Add", [g.op("Unsqueeze", [g.op("Range", [zero, g.op("Squeeze", [n]), one]), g.const_i64([1])]),
+                            "offset"])
+        cols = g.op("Unsqueeze", [g.op("Range", [zero, g.op("Squeeze", [end]), one]), g.const_i64([0])])
+        causal = g.op("Where", [g.op("LessOrEqual", [cols, rows]), g.scalar(0.0), g.scalar(-np.inf)])
+    cbias = g.op("Unsqueeze", ["cross_bias", g.const_i64([1, 2])]) if cross == "pad" else "cross_bias"  # [B,1,1,S]
     outputs = [helper.make_tensor_value_info("logits", F, ["B", D["n_vocab"]])]
     for i in range(L):
         p = f"decoder/layer_{i}/"
         qkv = g.linear_q(g.layer_norm(x, p + "self_attention/layer_norm/"), p + "self_attention/linear_0/")
-        q, k, vv = (g.split_heads(t, H, hd) for t in g.op("Split", [qkv, g.const_i64([d, d, d])], axis=-1, n_out=3))
-        keys = g.op("Concat", [f"past_k{i}", k], axis=2)
-        vals = g.op("Concat", [f"past_v{i}", vv], axis=2)
-        for kind, t in (("k", keys), ("v", vals)):
-            g.output(t, f"present_{kind}{i}")
-            outputs.append(helper.make_tensor_value_info(f"present_{kind}{i}", F, ["B", H, "total", hd]))
-        a = g.merge_heads(g.attend(q, keys, vals, hd, causal), d)
+        if self_attn == "concat":
+            q, k, vv = (g.split_heads(t, H, hd) for t in g.op("Split", [qkv, g.const_i64([d, d, d])], axis=-1, n_out=3))
+            keys = g.op("Concat", [f"past_k{i}", k], axis=2)
+            vals = g.op("Concat", [f"past_v{i}", vv], axis=2)
+            for kind, t in (("k", keys), ("v", vals)):
+                g.output(t, f"present_{kind}{i}")
+                outputs.append(helper.make_tensor_value_info(f"present_{kind}{i}", F, ["B", H, "total", hd]))
+            a = g.merge_heads(g.attend(q, keys, vals, hd, causal), d)
+        else:  # [B, n, d] in and out; the new K/V written into the bound cache at seqlens_k + 1 - n
+            qkv_split = g.op("Split", [qkv, g.const_i64([d, d, d])], axis=-1, n_out=3)
+            a = g.name("gqa")
+            g.nodes.append(helper.make_node(
+                "GroupQueryAttention", [*qkv_split, f"past_k{i}", f"past_v{i}", "seqlens_k", "total_len"],
+                [a, f"present_k{i}", f"present_v{i}"], domain="com.microsoft", num_heads=H, kv_num_heads=H))
+            outputs += [helper.make_tensor_value_info(f"present_{kind}{i}", F, past) for kind in "kv"]
         x = g.op("Add", [x, g.linear_q(a, p + "self_attention/linear_1/")])
         q = g.split_heads(g.linear_q(g.layer_norm(x, p + "attention/layer_norm/"), p + "attention/linear_0/"), H, hd)
-        a = g.merge_heads(g.attend(q, f"cross_k{i}", f"cross_v{i}", hd, "cross_bias"), d)
+        if cross == "loop":
+            a = g.merge_heads(loop_attend(g, q, f"cross_k{i}", f"cross_v{i}", "cross_bias", "cross_off", hd), d)
+        else:
+            a = g.merge_heads(g.attend(q, f"cross_k{i}", f"cross_v{i}", hd, cbias), d)
         x = g.op("Add", [x, g.linear_q(a, p + "attention/linear_2/")])
         h = g.gelu(g.linear_q(g.layer_norm(x, p + "ffn/layer_norm/"), p + "ffn/linear_0/"))
         x = g.op("Add", [x, g.linear_q(h, p + "ffn/linear_1/")])
     last = g.op("Slice", [x, g.const_i64([-1]), g.const_i64([np.iinfo(np.int64).max]), g.const_i64([1])])  # [B,1,d]
     last = g.layer_norm(g.op("Squeeze", [last, g.const_i64([1])]), "decoder/layer_norm/")
     g.output(g.linear_int8(last, emb, None), "logits")
-    return g.model("whisper_decoder_step", inputs, outputs)
+    name = "whisper_decoder_step" + ("" if (cross, self_attn) == ("plain", "concat") else f"_{cross}_{self_attn}")
+    return g.model(name, inputs, outputs, ms=self_attn == "gqa")
+
+
+def loop_attend(g: G, q, ck, cv, bias, off, hd):
+    """q [B, H, n, hd]; row b attends over ck/cv[:, :, off[b]:off[b+1]] with bias[off[b]:off[b+1]]: an ONNX
+    Loop over the rows whose body is the plain attention of one row (the Loop stacks them: [B, H, n, hd])."""
+    B = g.op("Gather", [g.op("Shape", [q]), g.const_i64([0])], axis=0)  # [1]
+    outer, g.nodes = g.nodes, []  # the body's nodes; its constants stay initializers of the main graph
+    it, cond_in, cond_out = g.name("iter"), g.name("cond_in"), g.name("cond_out")
+    i1 = g.op("Unsqueeze", [it, g.const_i64([0])])  # [1]
+    a0 = g.op("Gather", [off, i1], axis=0)
+    a1 = g.op("Gather", [off, g.op("Add", [i1, g.const_i64([1])])], axis=0)
+    qb = g.op("Slice", [q, i1, g.op("Add", [i1, g.const_i64([1])]), g.const_i64([0])])  # [1, H, n, hd]
+    kb, vb = (g.op("Slice", [t, a0, a1, g.const_i64([2])]) for t in (ck, cv))
+    out = g.attend(qb, kb, vb, hd, g.op("Slice", [bias, a0, a1, g.const_i64([0])]))
+    g.nodes.append(helper.make_node("Identity", [cond_in], [cond_out]))
+    scan = g.op("Squeeze", [out, g.const_i64([0])])  # [H, n, hd]
+    body = helper.make_graph(
+        g.nodes, g.name("body"),
+        [helper.make_tensor_value_info(it, I64, []), helper.make_tensor_value_info(cond_in, TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(scan, F, [None, None, None])])
+    g.nodes = outer
+    return g.op("Loop", [B, ""], "loop_out", body=body)
 
 
 def prepare_silence(record_graph, graphs: Path, filters: np.ndarray) -> None:
@@ -286,6 +345,28 @@ def prepare_silence(record_graph, graphs: Path, filters: np.ndarray) -> None:
     tail = ow.cross.run(None, {"features": features})
     ow.set_silence(list(zip(kv[0::2], kv[1::2])), list(zip(tail[0::2], tail[1::2])))
     ow.save_silence(graphs / "silence")
+
+
+def save(m, directory: Path, name: str) -> Path:
+    """Checked, then written as NAME.onnx with its weights as one external data file NAME.weights."""
+    onnx.checker.check_model(m)
+    (directory / f"{name}.weights").unlink(missing_ok=True)  # onnx appends to an existing file
+    onnx.save_model(m, str(directory / f"{name}.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{name}.weights", size_threshold=1024, convert_attribute=False)
+    print(f"  {name}.onnx: {len(m.graph.node)} nodes, weights {(directory / f'{name}.weights').stat().st_size / 2**20:.1f} MiB",
+          flush=True)
+    return directory / f"{name}.onnx"
+
+
+def build_variant(graphs: Path, cross: str, self_attn: str) -> Path:
+    """WORK/graphs/variants/decoder_CROSS_SELFATTN.onnx (build_decoder's variants, for the batching and
+    kvcache steps), built unless there; the .onnx is written after its weights, so its presence means done."""
+    directory = graphs / "variants"
+    name = f"decoder_{cross}_{self_attn}"
+    if not (directory / f"{name}.onnx").is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        save(build_decoder(load_variables(), cross, self_attn), directory, name)
+    return directory / f"{name}.onnx"
 
 
 def build(work: Path) -> Path:
@@ -303,13 +384,7 @@ def build(work: Path) -> Path:
     builders = {"encoder": lambda: build_encoder(v), "encoder_flash": lambda: build_encoder(v, flash=True),
                 "cross": lambda: build_cross(v), "decoder": lambda: build_decoder(v)}
     for name in SAVED:
-        m = builders[name]()
-        onnx.checker.check_model(m)
-        (graphs / f"{name}.weights").unlink(missing_ok=True)  # onnx appends to an existing file
-        onnx.save_model(m, str(graphs / f"{name}.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{name}.weights", size_threshold=1024, convert_attribute=False)
-        print(f"  {name}.onnx: {len(m.graph.node)} nodes, weights {(graphs / f'{name}.weights').stat().st_size / 2**20:.1f} MiB",
-              flush=True)
+        save(builders[name](), graphs, name)
     prepare_silence(build_encoder(v, record=True), graphs, filters)
     import onnxruntime
     (graphs / "built.json").write_text(json.dumps({"graphs": list(SAVED), "onnx": onnx.__version__,
