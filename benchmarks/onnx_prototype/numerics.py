@@ -37,15 +37,19 @@ def maxdiff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-def torch_engine(work: Path):
-    """Our engine as the server loads it (1 thread), its prepared files cached under WORK/cache."""
+def engine(work: Path):
+    """Our engine as the server loads it (base, cpu, 1 thread), its prepared files cached under WORK/cache."""
     import torch
 
     from wyoming_amanuensis.config import settings_from
     from wyoming_amanuensis.pipeline import Engine
     torch.set_num_threads(1)
-    return Engine.load(settings_from(model="base", encoder_backend="cpu", threads=1,
-                                     cache_dir=str(work / "cache"))).models["base"]
+    return Engine.load(settings_from(model="base", encoder_backend="cpu", threads=1, cache_dir=str(work / "cache")))
+
+
+def torch_engine(work: Path):
+    """The engine's loaded base model (backend, decoder, silence context, tokenizer)."""
+    return engine(work).models["base"]
 
 
 def corpus_audio(names: list[str]) -> dict[str, np.ndarray]:
