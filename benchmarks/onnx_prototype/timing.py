@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -37,13 +39,62 @@ def bench(fns: dict, reps: int, warm: int) -> dict:
     return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 
+@dataclass
+class StepCase:
+    """One decoder step (one new token per row) after ``past_len`` past tokens at ``batch`` rows, ready to call
+    again and again: torch_step (our TextDecoder on a SelfCache reset to the same past each call) and
+    ort_step (OrtWhisper.step on the past as arrays)."""
+    past_len: int
+    batch: int
+    cache: object  # torch SelfCache holding the past (reordered to the batch as beam search does)
+    past: list  # per layer (k, v) [batch, H, past_len, hd] from the ORT graph
+    new: np.ndarray  # [batch, 1] the new tokens
+    cross: list  # ORT cross K/V per layer, and its bias
+    bias: np.ndarray
+    torch_step: Callable
+    ort_step: Callable
+
+
+def step_cases(loaded, ow: OrtWhisper, enc, rng, past_lens=(10, 100, 200), batches=(1, 5)) -> Iterator[StepCase]:
+    """The decoder step at batch 1 and 5 (beam 5) after 10, 100 and 200 past tokens (random text tokens after
+    the start-of-transcript prefix) on ``enc``, a short window's encoder output (tail_cached)."""
+    import torch
+    decoder, net = loaded.decoder, loaded.decoder.net
+    with torch.inference_mode():
+        cross = decoder.prepare(enc)
+    okv, obias = ow.cross_kv(enc.features.numpy())
+    for past_len in past_lens:
+        prompt = SOT + list(rng.integers(300, 20000, past_len - len(SOT)))
+        for batch in batches:
+            # torch: a cache holding the past, reordered to the batch as beam search does; cross K/V expanded
+            with torch.inference_mode():
+                cache = net.new_cache(1)
+                net(torch.tensor([prompt]), cache, cross.kv)
+                if batch > 1:
+                    cache.reorder(torch.zeros(batch, dtype=torch.long))
+                kv = cross.kv if batch == 1 else [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), b)
+                                                 for k, v, b in cross.kv]
+            new = torch.full((batch, 1), 264, dtype=torch.long)
+
+            def t_step(cache=cache, kv=kv, new=new, past_len=past_len):
+                with torch.inference_mode():
+                    cache.length = past_len  # back to the same past every call
+                    h, _ = net(new, cache, kv)
+                    return decoder._logits(h[:, -1])
+            _, past = ow.step(np.array([prompt]), 0, ow.empty_past(1), okv, obias)
+            past = [(np.repeat(k, batch, 0), np.repeat(v, batch, 0)) for k, v in past]
+            new_np = new.numpy()
+            yield StepCase(past_len, batch, cache, past, new_np, okv, obias, t_step,
+                           lambda new_np=new_np, past_len=past_len, past=past: ow.step(new_np, past_len, past, okv, obias))
+
+
 def run(work: Path, graphs: Path) -> dict:
     import onnxruntime
     import torch
 
     from wyoming_amanuensis.mel import log_mel
     loaded = torch_engine(work)
-    backend, decoder, context, net = loaded.backend, loaded.decoder, loaded.context, loaded.decoder.net
+    backend, decoder, context = loaded.backend, loaded.decoder, loaded.context
     ow = load_pipeline(graphs)
     plain = OrtWhisper(session(graphs / "encoder.onnx"), None, None)
     plain.enc_tails = ow.enc_tails
@@ -65,37 +116,12 @@ def run(work: Path, graphs: Path) -> dict:
     enc = t_encode(log_mel(audio, 80, n_frames=window_frames(len(audio)))[None])
     enc.tail_cached = True
     feats = enc.features.numpy()
-    with torch.inference_mode():
-        cross = decoder.prepare(enc)
     out["cross K/V projection (short)"] = bench({"torch": lambda: decoder.prepare(enc),
                                                  "ort": lambda: ow.cross_kv(feats)}, 20, 3)
-    okv, obias = ow.cross_kv(feats)
-
-    rng = np.random.default_rng(0)
-    for past_len in (10, 100, 200):
-        prompt = SOT + list(rng.integers(300, 20000, past_len - len(SOT)))
-        for batch in (1, 5):
-            # torch: a cache holding the past, reordered to the batch as beam search does; cross K/V expanded
-            with torch.inference_mode():
-                cache = net.new_cache(1)
-                net(torch.tensor([prompt]), cache, cross.kv)
-                if batch > 1:
-                    cache.reorder(torch.zeros(batch, dtype=torch.long))
-                kv = cross.kv if batch == 1 else [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), b)
-                                                 for k, v, b in cross.kv]
-            new = torch.full((batch, 1), 264, dtype=torch.long)
-
-            def t_step():
-                with torch.inference_mode():
-                    cache.length = past_len  # back to the same past every call
-                    h, _ = net(new, cache, kv)
-                    return decoder._logits(h[:, -1])
-            _, past = ow.step(np.array([prompt]), 0, ow.empty_past(1), okv, obias)
-            past = [(np.repeat(k, batch, 0), np.repeat(v, batch, 0)) for k, v in past]
-            new_np = new.numpy()
-            key = f"decoder step, batch {batch}, {past_len} past"
-            out[key] = bench({"torch": t_step, "ort": lambda: ow.step(new_np, past_len, past, okv, obias)}, 20, 3)
-            print(f"  {key}: {out[key]}", flush=True)
+    for c in step_cases(loaded, ow, enc, np.random.default_rng(0)):
+        key = f"decoder step, batch {c.batch}, {c.past_len} past"
+        out[key] = bench({"torch": c.torch_step, "ort": c.ort_step}, 20, 3)
+        print(f"  {key}: {out[key]}", flush=True)
     return out
 
 
