@@ -1,6 +1,12 @@
 """Entry point of the ONNX Runtime prototype measurement (not product code; see __init__ and README.md).
 
     .venv/bin/python -m benchmarks.onnx_prototype [--workdir DIR] [--rounds 3] [--steps build,compare,timing,floor]
+    .venv/bin/python -m benchmarks.onnx_prototype --steps transcripts,batch,kvcache [--workdir DIR]
+
+The default steps take about 2 minutes on a 2-core machine. The others are asked for by name: transcripts
+(every corpus and corpus_ml clip through both engines and the difference diagnosis, 3-6 minutes), batch
+(batched decoding of rows with different audio lengths, bitwise against solo, about 1 minute) and kvcache (an
+in-place KV cache against the Concat step and torch, about 15 s).
 
 Every step first builds the graphs into WORKDIR/graphs unless a complete build is there; WORKDIR is kept
 between runs, so a second run reuses them (delete WORKDIR/graphs to rebuild). Each step writes its
@@ -19,7 +25,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-STEPS = ("build", "compare", "timing", "floor")
+STEPS = ("build", "compare", "timing", "floor", "transcripts", "batch", "kvcache")
+DEFAULT_STEPS = STEPS[:4]
 PRODUCT = "ext-nopat+flash+pread"  # the floor's ORT set-up unless --ort-variant says otherwise
 
 
@@ -29,7 +36,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "amanuensis-onnx-prototype",
                     help="graphs, prepared files, caches and results; kept between runs (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="floor: fresh processes per system (medians)")
-    ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated, of: " + ", ".join(STEPS))
+    ap.add_argument("--steps", default=",".join(DEFAULT_STEPS),
+                    help="comma-separated, of: " + ", ".join(STEPS) + " (default: %(default)s)")
     ap.add_argument("--ort-variant", default=PRODUCT,
                     help="floor: the ORT set-up (words in benchmarks/onnx_prototype/floor.py)")
     ap.add_argument("--full-window", action="store_true", help="floor: ORT also encodes one full 30 s window after")
@@ -38,13 +46,16 @@ def main() -> None:
     if unknown := set(steps) - set(STEPS):
         ap.error(f"unknown steps {sorted(unknown)}")
 
-    from . import floor, graphs, numerics, timing
+    from . import batching, floor, graphs, kvcache, numerics, timing, transcripts
     work = args.workdir.resolve()
     (work / "results").mkdir(parents=True, exist_ok=True)
     built = graphs.build(work)
     jobs = {"compare": lambda: numerics.run(work, built), "timing": lambda: timing.run(work, built),
-            "floor": lambda: floor.run(work, built, args.rounds, args.ort_variant, args.full_window)}
-    tables = {"compare": numerics.table, "timing": timing.table, "floor": floor.table}
+            "floor": lambda: floor.run(work, built, args.rounds, args.ort_variant, args.full_window),
+            "transcripts": lambda: transcripts.run(work, built), "batch": lambda: batching.run(work, built),
+            "kvcache": lambda: kvcache.run(work, built)}
+    tables = {"compare": numerics.table, "timing": timing.table, "floor": floor.table, "transcripts": transcripts.table,
+              "batch": batching.table, "kvcache": kvcache.table}
     for step in (s for s in STEPS if s in steps and s in jobs):
         print(f"\n## {step}", flush=True)
         t0 = time.perf_counter()
