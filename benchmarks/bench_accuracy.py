@@ -17,9 +17,9 @@ Printed per language and pooled: WER, CER, exact commands (normalised hypothesis
 reference) and, in auto mode, the language-ID rate; then median compute ms per clip (English:
 short commands only) with its ratio to faster-whisper beam 5; then each system's WER gap to
 faster-whisper beam 5 per language with a 90 % paired bootstrap interval and the number of clips
-with fewer / more errors, which says whether a language's 5-42 clips resolve a gap of a point. Text is normalised with Whisper's
-English normaliser for corpus/ (benchmarks.corpus.normalize) and its basic one (case, punctuation)
-elsewhere. The corpus_ml references write numbers as digits where a transcript may spell them
+with fewer / more errors, which says whether a language's 5-42 clips resolve a gap of a point.
+Text is normalised with Whisper's English normaliser for corpus/ (benchmarks.corpus.normalize)
+and its basic one (case, punctuation) elsewhere. The corpus_ml references write numbers as digits where a transcript may spell them
 out: the basic normaliser does not fold them, so those clips cost every system alike; compare
 systems side by side, and see the "no-digit" column for the WER without them.
 --limit N keeps the first N clips of each language.

@@ -299,4 +299,3 @@ async def test_over_the_default_maximum_is_refused_over_the_server(amanuensis_se
             await client.write_event(AudioChunk(rate=SAMPLE_RATE, width=2, channels=1, audio=second).event())
         error = await expect_error(client, "audio-too-long")
         assert f"{limit:g}" in error.text
-

@@ -33,8 +33,8 @@ async def serve(settings: Settings, engine: Union[Engine, EngineHost], *, stop: 
                 ready: Optional[asyncio.Future] = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT), then shut down gracefully."""
     telemetry = Telemetry(settings, encoder_backend=lambda: engine.encoder_backend,
-                          models=list(engine.model_languages()), version=__version__, backend_stats=engine.backend_stats,
-                          energy_status=engine.energy_status)
+                          models=list(engine.model_languages()), version=__version__,
+                          backend_stats=engine.backend_stats, energy_status=engine.energy_status)
     server = AmanuensisServer(settings, engine, telemetry)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
