@@ -1,8 +1,10 @@
 """Build step: Whisper base as ONNX graphs written with onnx.helper from our own model.bin reader
 (wyoming_amanuensis.model.ct2; no torch, no exporter), then the prepared files a torch-free runtime
-would keep. Writes into WORK/graphs:
+would keep. Any CTranslate2 Whisper shape builds the same way (dims() reads mel bins, layer and head
+counts, width and vocabulary from model.bin; the shapes step builds each into WORK/shapes/NAME/graphs).
+Writes into WORK/graphs:
 
-  encoder.onnx        mel [1, 80, T] + silence context (extra_k/v [L, 1, H, E, hd], extra_bias [E])
+  encoder.onnx        mel [1, n_mels, T] + silence context (extra_k/v [L, 1, H, E, hd], extra_bias [E])
                       -> features [1, T/2, d]; float32, plain MatMul/Softmax attention
   encoder_flash.onnx  the same with com.microsoft.MultiHeadAttention and the context's bias folded into
                       the keys, so that ORT's CPU flash attention runs (the product set-up's encoder)
@@ -10,7 +12,7 @@ would keep. Writes into WORK/graphs:
   decoder.onnx        one step: tokens [B, n], offset, past self K/V, cross K/V + bias -> last position's
                       logits [B, V] and the present self K/V; Linear layers int8, embedding float16
   *.weights           each graph's weights as one external data file (ORT maps it; no protobuf copy)
-  mel_filters.npy     wyoming_amanuensis.mel.mel_filters(80) for the numpy log-mel
+  mel_filters.npy     wyoming_amanuensis.mel.mel_filters(n_mels) for the numpy log-mel
   silence/            the silence context and decoder tail, computed by these graphs from an all-silent
                       30 s window, pooled once (runtime.PooledTail)
   built.json          written last: its presence means the build is complete
@@ -41,10 +43,11 @@ SAVED = ("encoder", "encoder_flash", "cross", "decoder")
 
 
 class G:
-    """A tiny graph builder: nodes, initializers and fresh names."""
+    """A tiny graph builder: nodes, initializers and fresh names. int8: linear_q is RowInt8Linear (else
+    float32, the shapes step's float twins of the cross projection and decoder step)."""
 
-    def __init__(self, v: dict):
-        self.v, self.nodes, self.inits, self.n = v, [], [], 0
+    def __init__(self, v: dict, int8: bool = True):
+        self.v, self.nodes, self.inits, self.n, self.int8 = v, [], [], 0, int8
 
     def w(self, name: str) -> np.ndarray:
         return dequantize(self.v, name)  # float32, CTranslate2's int8 undone
@@ -103,6 +106,8 @@ class G:
         return self.op("Add", [y, self.init(b, "b")]) if b is not None else y
 
     def linear_q(self, x, prefix):
+        if not self.int8:
+            return self.linear_f32(x, prefix)
         return self.linear_int8(x, self.w(prefix + "weight"), self.w(prefix + "bias"))
 
     def split_heads(self, x, h, hd):  # [B, T, d] -> [B, H, T, hd]
@@ -139,10 +144,11 @@ def quantize_rows(w: np.ndarray):
     return q, scale, row_sums
 
 
-def load_variables() -> dict:
-    """The bundled base model.bin through our own reader (its two packaged parts joined in memory)."""
-    _, directory, blob = resolve("base")
-    return read_model_bin(blob if blob is not None else directory / "model.bin", name="base model.bin")
+def load_variables(model: str = "base") -> dict:
+    """A model.bin through our own reader: the bundled base (its two packaged parts joined in memory), or
+    any CTranslate2 Whisper directory (the shapes step's random-weight models)."""
+    name, directory, blob = resolve(model)
+    return read_model_bin(blob if blob is not None else directory / "model.bin", name=f"{name} model.bin")
 
 
 def dims(v: dict) -> dict:
@@ -220,11 +226,12 @@ def build_encoder(v, record=False, flash=False):
     return g.model("whisper_encoder", inputs, outputs, ms=flash)
 
 
-def build_cross(v):
+def build_cross(v, int8=True):
+    """int8: the projection as RowInt8Linear (cross.onnx); False: float32 (the shapes step's float twin)."""
     D = dims(v)
     d, H, L = D["d"], D["H_dec"], D["L_dec"]
     hd = d // H
-    g = G(v)
+    g = G(v, int8)
     outputs = []
     for i in range(L):
         kv = g.linear_q("features", f"decoder/layer_{i}/attention/linear_1/")
@@ -234,7 +241,7 @@ def build_cross(v):
     return g.model("whisper_cross_kv", [helper.make_tensor_value_info("features", F, [1, "P", d])], outputs)
 
 
-def build_decoder(v, cross="plain", self_attn="concat"):
+def build_decoder(v, cross="plain", self_attn="concat", int8=True):
     """One decoder step. The defaults are decoder.onnx; the variants (build_variant) answer the batching and
     KV-cache steps with the same weights and int8 linears:
 
@@ -248,11 +255,13 @@ def build_decoder(v, cross="plain", self_attn="concat"):
                gqa:    com.microsoft.GroupQueryAttention on a preallocated cache [B, H, maxT, hd], meant to be
                        bound as past_k{i} and present_k{i} at once (IOBinding) and written in place;
                        seqlens_k [B] int32 (= past + n - 1), total_len [1] int32
+    int8       True: Linear layers and the output projection int8, embedding float16 (decoder.onnx); False:
+               all float32 as our float decoder (the shapes step compares both with random weights)
     """
     D = dims(v)
     d, H, L = D["d"], D["H_dec"], D["L_dec"]
     hd = d // H
-    g = G(v)
+    g = G(v, int8)
     inputs = [helper.make_tensor_value_info("tokens", I64, ["B", "n"]),
               helper.make_tensor_value_info("offset", I64, [1]),
               helper.make_tensor_value_info("cross_bias", F, ["B", "S"] if cross == "pad" else ["S"])]
@@ -266,7 +275,11 @@ def build_decoder(v, cross="plain", self_attn="concat"):
     cshape = {"plain": ["Bc", H, "S", hd], "pad": ["B", H, "S", hd], "loop": [1, H, "S", hd]}[cross]
     inputs += [helper.make_tensor_value_info(f"cross_{kind}{i}", F, cshape) for i in range(L) for kind in "kv"]
     emb = g.w("decoder/embeddings/weight")  # [V, d]; its int8 copy is the output projection (tied)
-    x = g.op("Cast", [g.op("Gather", [g.init(emb.astype(np.float16), "emb16"), "tokens"], axis=0)], to=F)
+    if int8:
+        x = g.op("Cast", [g.op("Gather", [g.init(emb.astype(np.float16), "emb16"), "tokens"], axis=0)], to=F)
+    else:
+        emb_name = g.init(emb, "emb")
+        x = g.op("Gather", [emb_name, "tokens"], axis=0)
     n = g.op("Gather", [g.op("Shape", ["tokens"]), g.const_i64([1])], axis=0)  # [1]
     end = g.op("Add", ["offset", n])
     x = g.op("Add", [x, g.op("Slice", [g.init(g.w("decoder/position_encodings/encodings")), "offset", end,
@@ -308,8 +321,12 @@ def build_decoder(v, cross="plain", self_attn="concat"):
         x = g.op("Add", [x, g.linear_q(h, p + "ffn/linear_1/")])
     last = g.op("Slice", [x, g.const_i64([-1]), g.const_i64([np.iinfo(np.int64).max]), g.const_i64([1])])  # [B,1,d]
     last = g.layer_norm(g.op("Squeeze", [last, g.const_i64([1])]), "decoder/layer_norm/")
-    g.output(g.linear_int8(last, emb, None), "logits")
+    if int8:
+        g.output(g.linear_int8(last, emb, None), "logits")
+    else:
+        g.output(g.op("MatMul", [last, g.op("Transpose", [emb_name], perm=[1, 0])]), "logits")
     name = "whisper_decoder_step" + ("" if (cross, self_attn) == ("plain", "concat") else f"_{cross}_{self_attn}")
+    name += "" if int8 else "_f32"
     return g.model(name, inputs, outputs, ms=self_attn == "gqa")
 
 
@@ -336,11 +353,17 @@ def loop_attend(g: G, q, ck, cv, bias, off, hd):
     return g.op("Loop", [B, ""], "loop_out", body=body)
 
 
-def prepare_silence(record_graph, graphs: Path, filters: np.ndarray) -> None:
+def ort_dims(D: dict) -> dict:
+    """OrtWhisper's dimension arguments for dims(v)."""
+    return dict(n_layers=D["L_enc"], n_heads=D["H_enc"], head_dim=D["d"] // D["H_enc"], dec_layers=D["L_dec"])
+
+
+def prepare_silence(record_graph, graphs: Path, filters: np.ndarray, D: dict) -> None:
     """The all-silent 30 s window through the recording encoder (its per-layer self-attention K/V: the
     silence context) and the cross projection (the decoder's silence tail), pooled and saved as the
     runtime reads them."""
-    ow = OrtWhisper(session(record_graph.SerializeToString()), session(graphs / "cross.onnx"), None)  # in memory:
+    ow = OrtWhisper(session(record_graph.SerializeToString()), session(graphs / "cross.onnx"), None,  # in memory:
+                    **ort_dims(D))
     features, *kv = ow.encode(log_mel_np(np.zeros(0, np.float32), 3000, filters)[None], outputs=None)  # only here
     tail = ow.cross.run(None, {"features": features})
     ow.set_silence(list(zip(kv[0::2], kv[1::2])), list(zip(tail[0::2], tail[1::2])))
@@ -369,25 +392,28 @@ def build_variant(graphs: Path, cross: str, self_attn: str) -> Path:
     return directory / f"{name}.onnx"
 
 
-def build(work: Path) -> Path:
-    """WORK/graphs, built unless built.json says a complete build is there already."""
-    graphs = work / "graphs"
+def build(work: Path, model: str = "base", graphs: Path | None = None) -> Path:
+    """WORK/graphs (or ``graphs``) for ``model`` (a name or CTranslate2 directory; default the bundled base),
+    built unless built.json says a complete build is there already."""
+    graphs = graphs or work / "graphs"
     if (graphs / "built.json").is_file():
         print(f"graphs: reusing {graphs} (delete it to rebuild)")
         return graphs
     graphs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     from wyoming_amanuensis.mel import mel_filters  # imports torch: a build-time asset only
-    filters = mel_filters(80).numpy()
+    v = load_variables(model)
+    D = dims(v)
+    filters = mel_filters(D["n_mels"]).numpy()
     np.save(graphs / "mel_filters.npy", filters)
-    v = load_variables()
     builders = {"encoder": lambda: build_encoder(v), "encoder_flash": lambda: build_encoder(v, flash=True),
                 "cross": lambda: build_cross(v), "decoder": lambda: build_decoder(v)}
     for name in SAVED:
         save(builders[name](), graphs, name)
-    prepare_silence(build_encoder(v, record=True), graphs, filters)
+    prepare_silence(build_encoder(v, record=True), graphs, filters, D)
     import onnxruntime
-    (graphs / "built.json").write_text(json.dumps({"graphs": list(SAVED), "onnx": onnx.__version__,
+    (graphs / "built.json").write_text(json.dumps({"graphs": list(SAVED), "model": model, "dims": D,
+                                                   "onnx": onnx.__version__,
                                                    "onnxruntime": onnxruntime.__version__,
                                                    "seconds": round(time.perf_counter() - t0, 1)}))
     print(f"graphs: built in {graphs} in {time.perf_counter() - t0:.0f} s")

@@ -6,6 +6,7 @@ Nothing here may import torch: the floor step measures a process built from this
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import wave
@@ -38,8 +39,8 @@ def window_frames(n_samples: int) -> int:
 
 
 def log_mel_np(audio: np.ndarray, n_frames: int, filters: np.ndarray) -> np.ndarray:
-    """numpy twin of wyoming_amanuensis.mel.log_mel (torch.stft, center=True, reflect pad): [80, n_frames].
-    ``filters`` is mel.mel_filters(80), saved by the build step (graphs.build)."""
+    """numpy twin of wyoming_amanuensis.mel.log_mel (torch.stft, center=True, reflect pad): [n_mels, n_frames].
+    ``filters`` is mel.mel_filters(n_mels), saved by the build step (graphs.build)."""
     want = n_frames * HOP
     x = audio[:want] if audio.shape[0] >= want else np.pad(audio, (0, want - audio.shape[0]))
     x = np.pad(x.astype(np.float32), (N_FFT // 2, N_FFT // 2), mode="reflect")
@@ -139,9 +140,11 @@ class OrtWhisper:
     """Encoder, cross-K/V and decoder-step sessions plus the silence context (the short window's encoder
     layers attend to it) and the decoder's silence tail (cross-attention after the short window)."""
 
-    def __init__(self, enc, cross, dec, n_layers=6, n_heads=8, head_dim=64):
+    def __init__(self, enc, cross, dec, n_layers=6, n_heads=8, head_dim=64, dec_layers=None):
+        """Base's dimensions unless told (graphs.dims: n_layers the encoder's, dec_layers the decoder's)."""
         self.enc, self.cross, self.dec = enc, cross, dec
         self.L, self.H, self.hd = n_layers, n_heads, head_dim
+        self.Ld = n_layers if dec_layers is None else dec_layers
         self.enc_tails = self.dec_tails = None  # per layer PooledTail
 
     def set_silence(self, enc_kv, tail_kv):
@@ -151,18 +154,19 @@ class OrtWhisper:
 
     def save_silence(self, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
-        for i, (e, t) in enumerate(zip(self.enc_tails, self.dec_tails)):
+        for i, e in enumerate(self.enc_tails):
             e.save(directory / f"enc{i}")
+        for i, t in enumerate(self.dec_tails):
             t.save(directory / f"tail{i}")
 
     def load_silence(self, directory: Path, pread: bool = True):
         """The files graphs.prepare_silence wrote, pooled as the server's defaults pool them."""
         self.enc_tails = [PooledTail.load(directory / f"enc{i}", SETTINGS.silence_chunk, pread) for i in range(self.L)]
         self.dec_tails = [PooledTail.load(directory / f"tail{i}", SETTINGS.decoder_tail_chunk, pread)
-                          for i in range(self.L)]
+                          for i in range(self.Ld)]
 
     def encode(self, mel: np.ndarray, outputs=("features",)):
-        """mel [1, 80, T] -> features [1, T/2, d]; a short window attends to the silence context too.
+        """mel [1, n_mels, T] -> features [1, T/2, d]; a short window attends to the silence context too.
         outputs=None: all the graph's outputs (the recording encoder's K/V too)."""
         p = mel.shape[2] // 2
         if p < N_CTX_AUDIO and self.enc_tails is not None:
@@ -180,7 +184,7 @@ class OrtWhisper:
         outs = self.cross.run(None, {"features": feats})
         p = feats.shape[1]
         kv, bias = [], np.zeros(p, np.float32)
-        for i in range(self.L):
+        for i in range(self.Ld):
             k, v = outs[2 * i], outs[2 * i + 1]
             if p < N_CTX_AUDIO and self.dec_tails is not None:
                 tk, tv, tb = self.dec_tails[i].from_position(p)
@@ -191,16 +195,16 @@ class OrtWhisper:
 
     def empty_past(self, batch: int):
         z = np.zeros((batch, self.H, 0, self.hd), np.float32)
-        return [(z, z) for _ in range(self.L)]
+        return [(z, z) for _ in range(self.Ld)]
 
     def step(self, tokens: np.ndarray, offset: int, past, cross, bias):
         """tokens [B, n] after ``offset`` past ones -> last position's logits [B, V], the new past."""
         feeds = {"tokens": tokens.astype(np.int64), "offset": np.array([offset], np.int64), "cross_bias": bias}
-        for i in range(self.L):
+        for i in range(self.Ld):
             feeds[f"past_k{i}"], feeds[f"past_v{i}"] = past[i]
             feeds[f"cross_k{i}"], feeds[f"cross_v{i}"] = cross[i]
         outs = self.dec.run(None, feeds)
-        return outs[0], [(outs[1 + 2 * i], outs[2 + 2 * i]) for i in range(self.L)]
+        return outs[0], [(outs[1 + 2 * i], outs[2 + 2 * i]) for i in range(self.Ld)]
 
 
 def suppress_masks(eot: int, config: dict, n_vocab: int):
@@ -236,9 +240,12 @@ def load_pipeline(graphs: Path, *, flash=True, pattern=False, arena=True, prepac
     memory pattern off (it keeps one planned block per input shape, and every request has its own
     window length), weights prepacked, the silence's exact positions pread per request."""
     opts = dict(threads=threads, pattern=pattern, arena=arena)
+    built = json.loads((graphs / "built.json").read_text()) if (graphs / "built.json").is_file() else {}
+    D = built.get("dims") or dict(L_enc=6, H_enc=8, d=512, L_dec=6)  # a build from before dims were recorded: base
     ow = OrtWhisper(session(graphs / ("encoder_flash.onnx" if flash else "encoder.onnx"),
                             prepack=prepack and enc_prepack, **opts),
                     session(graphs / "cross.onnx", prepack=prepack, **opts),
-                    session(graphs / "decoder.onnx", prepack=prepack, **opts))
+                    session(graphs / "decoder.onnx", prepack=prepack, **opts),
+                    n_layers=D["L_enc"], n_heads=D["H_enc"], head_dim=D["d"] // D["H_enc"], dec_layers=D["L_dec"])
     ow.load_silence(graphs / "silence", pread=pread)
     return ow
