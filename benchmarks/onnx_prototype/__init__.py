@@ -4,7 +4,7 @@ It answers one question: would a CPU runtime without torch (onnxruntime + numpy)
 our torch engine, as fast, and lighter to start? Nothing in ``wyoming_amanuensis`` uses it.
 
     .venv/bin/python -m benchmarks.onnx_prototype [--workdir DIR] [--rounds 3] [--steps build,compare,timing,floor]
-    .venv/bin/python -m benchmarks.onnx_prototype --steps transcripts,batch,kvcache [--workdir DIR]
+    .venv/bin/python -m benchmarks.onnx_prototype --steps transcripts,batch,kvcache,shapes [--workdir DIR]
 
 Modules, one job each:
   graphs    Whisper base as ONNX graphs written with onnx.helper from our own model.bin reader
@@ -18,6 +18,7 @@ Modules, one job each:
   transcripts  every corpus and corpus_ml clip, engine vs ORT, and where the differences come from (transcripts step)
   batching  batched rows of different audio lengths bitwise against each alone (batch step)
   kvcache   an in-place KV cache (GroupQueryAttention + IOBinding) against the Concat step and torch (kvcache step)
+  shapes    the graphs for every CTranslate2 Whisper shape (random weights) against our torch modules (shapes step)
 
 See README.md in this folder for what each figure means.
 """

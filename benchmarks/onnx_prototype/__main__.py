@@ -1,12 +1,13 @@
 """Entry point of the ONNX Runtime prototype measurement (not product code; see __init__ and README.md).
 
     .venv/bin/python -m benchmarks.onnx_prototype [--workdir DIR] [--rounds 3] [--steps build,compare,timing,floor]
-    .venv/bin/python -m benchmarks.onnx_prototype --steps transcripts,batch,kvcache [--workdir DIR]
+    .venv/bin/python -m benchmarks.onnx_prototype --steps transcripts,batch,kvcache,shapes [--workdir DIR]
 
 The default steps take about 2 minutes on a 2-core machine. The others are asked for by name: transcripts
 (every corpus and corpus_ml clip through both engines and the difference diagnosis, 3-6 minutes), batch
-(batched decoding of rows with different audio lengths, bitwise against solo, about 1 minute) and kvcache (an
-in-place KV cache against the Concat step and torch, about 15 s).
+(batched decoding of rows with different audio lengths, bitwise against solo, about 1 minute), kvcache (an
+in-place KV cache against the Concat step and torch, about 15 s) and shapes (the graphs built for every
+CTranslate2 Whisper shape on random weights, against our torch modules).
 
 Every step first builds the graphs into WORKDIR/graphs unless a complete build is there; WORKDIR is kept
 between runs, so a second run reuses them (delete WORKDIR/graphs to rebuild). Each step writes its
@@ -25,7 +26,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-STEPS = ("build", "compare", "timing", "floor", "transcripts", "batch", "kvcache")
+STEPS = ("build", "compare", "timing", "floor", "transcripts", "batch", "kvcache", "shapes")
 DEFAULT_STEPS = STEPS[:4]
 PRODUCT = "ext-nopat+flash+pread"  # the floor's ORT set-up unless --ort-variant says otherwise
 
@@ -46,16 +47,16 @@ def main() -> None:
     if unknown := set(steps) - set(STEPS):
         ap.error(f"unknown steps {sorted(unknown)}")
 
-    from . import batching, floor, graphs, kvcache, numerics, timing, transcripts
+    from . import batching, floor, graphs, kvcache, numerics, shapes, timing, transcripts
     work = args.workdir.resolve()
     (work / "results").mkdir(parents=True, exist_ok=True)
     built = graphs.build(work)
     jobs = {"compare": lambda: numerics.run(work, built), "timing": lambda: timing.run(work, built),
             "floor": lambda: floor.run(work, built, args.rounds, args.ort_variant, args.full_window),
             "transcripts": lambda: transcripts.run(work, built), "batch": lambda: batching.run(work, built),
-            "kvcache": lambda: kvcache.run(work, built)}
+            "kvcache": lambda: kvcache.run(work, built), "shapes": lambda: shapes.run(work)}
     tables = {"compare": numerics.table, "timing": timing.table, "floor": floor.table, "transcripts": transcripts.table,
-              "batch": batching.table, "kvcache": kvcache.table}
+              "batch": batching.table, "kvcache": kvcache.table, "shapes": shapes.table}
     for step in (s for s in STEPS if s in steps and s in jobs):
         print(f"\n## {step}", flush=True)
         t0 = time.perf_counter()

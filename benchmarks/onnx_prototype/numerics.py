@@ -59,6 +59,27 @@ def corpus_audio(names: list[str]) -> dict[str, np.ndarray]:
     return {n: read_audio(by_name[n].path) for n in names}
 
 
+def teacher_forced(decoder, cross, ow: OrtWhisper, okv, obias, feed: list[list[int]]):
+    """``feed``'s steps through the torch decoder (on ``cross``) and the ORT step (on okv, obias): each step's
+    logits on both sides, and at how many steps their argmax agrees under the decoder's suppression masks."""
+    import torch
+    t_logits, o_logits = [], []
+    with torch.inference_mode():
+        cache = decoder.net.new_cache(1)
+        for step in feed:
+            h, _ = decoder.net(torch.tensor([step]), cache, cross.kv)
+            t_logits.append(decoder._logits(h[:, -1]).numpy()[0])
+    past, offset = ow.empty_past(1), 0
+    for step in feed:
+        lg, past = ow.step(np.array([step]), offset, past, okv, obias)
+        o_logits.append(lg[0])
+        offset += len(step)
+    first, later = decoder.suppress_begin.numpy(), decoder.suppress.numpy()
+    agree = sum(int(np.argmax(a + m) == np.argmax(b + m))
+                for s, (a, b) in enumerate(zip(t_logits, o_logits)) for m in [first if s == 0 else later])
+    return t_logits, o_logits, agree
+
+
 def int8_checks(decoder) -> dict:
     from onnx import TensorProto, helper
 
@@ -130,19 +151,7 @@ def run(work: Path, graphs: Path) -> dict:
         okv, obias = plain.cross_kv(enc.features.numpy())
         # teacher forcing: torch's tokens through both decoders, the logits of every step
         feed = [res.prefix] + [[t] for t in res.tokens]
-        t_logits, o_logits = [], []
-        with torch.inference_mode():
-            cache = decoder.net.new_cache(1)
-            for step in feed:
-                h, _ = decoder.net(torch.tensor([step]), cache, cross.kv)
-                t_logits.append(decoder._logits(h[:, -1]).numpy()[0])
-        past, offset = plain.empty_past(1), 0
-        for step in feed:
-            lg, past = plain.step(np.array([step]), offset, past, okv, obias)
-            o_logits.append(lg[0])
-            offset += len(step)
-        agree = sum(int(np.argmax(a + m) == np.argmax(b + m))
-                    for s, (a, b) in enumerate(zip(t_logits, o_logits)) for m in [first_mask if s == 0 else later_mask])
+        t_logits, o_logits, agree = teacher_forced(decoder, cross, plain, okv, obias, feed)
         # the whole product path on ORT, from the samples
         fkv, fbias = product.cross_kv(product.encode(log_mel_np(audio[name], mel.shape[2], filters)[None]))
         o_tokens = greedy(product, fkv, fbias, res.prefix, tok.eot, (first_mask, later_mask), len(res.tokens) + 10)
