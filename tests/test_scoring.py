@@ -1,0 +1,75 @@
+"""The search's numpy arithmetic (scoring.py) against the torch kernels it replaced: topk's order
+exactly, ties included; the softmax family to float32 rounding, with the same maxima."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wyoming_amanuensis.scoring import log_softmax, logsumexp, softmax, topk
+
+VOCAB = 51865
+
+
+def _torch_topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    top = torch.topk(torch.from_numpy(x), k)
+    return top.values.numpy(), top.indices.numpy()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("k", [2, 6, 10])
+def test_topk_matches_torch_with_ties(rows, k):
+    """torch.topk's CPU order among equal values is libstdc++'s heap order, not the indices':
+    ours must give the same indices in the same order (the beam's ranks depend on it)."""
+    rng = np.random.default_rng(rows * 100 + k)
+    n = rows * VOCAB
+    cases = [
+        rng.integers(0, 4, n).astype(np.float32),  # ties everywhere
+        np.zeros(n, dtype=np.float32),  # all equal
+        rng.standard_normal(n).astype(np.float32),  # no ties: the fast path
+    ]
+    sparse = np.full(n, -np.inf, dtype=np.float32)  # fewer finite values than k: ties at -inf
+    sparse[rng.integers(0, n, k // 2)] = rng.integers(0, 2, k // 2)
+    cases.append(sparse)
+    near = rng.standard_normal(n).astype(np.float32)  # ties inside the top k and at its edge
+    best = np.argsort(-near, kind="stable")[:k + 1]
+    near[best[1]] = near[best[0]]
+    near[rng.integers(0, n, 3)] = near[best[0]]
+    near[rng.integers(0, n, 2)] = near[best[k]]
+    cases.append(near)
+    for x in cases:
+        values, indices = topk(x, k)
+        want_values, want_indices = _torch_topk(x, k)
+        assert indices.tolist() == want_indices.tolist()
+        assert np.array_equal(values, want_values)
+
+
+def test_topk_small_and_whole():
+    """Without ties any k is torch's answer; with ties torch's order is reproduced where it
+    takes std::partial_sort (k * 64 <= n, always in the search) and refused elsewhere."""
+    x = np.array([1.0, 4.0, 3.0, 2.0], dtype=np.float32)
+    assert topk(x, 10)[1].tolist() == _torch_topk(x, 4)[1].tolist()
+    assert topk(x, 2)[1].tolist() == _torch_topk(x, 2)[1].tolist()
+    assert topk(x, 0)[1].tolist() == []
+    with pytest.raises(ValueError):
+        topk(np.array([1.0, 3.0, 3.0, 2.0], dtype=np.float32), 2)
+
+
+def test_softmax_family_matches_torch():
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((4, VOCAB)) * 4).astype(np.float32)
+    x[:, 50257:] = -math.inf  # suppressed, as the masks leave them
+    t = torch.from_numpy(x)
+    ours, theirs = log_softmax(x), torch.log_softmax(t, dim=-1).numpy()
+    assert ours.dtype == np.float32
+    finite = np.isfinite(theirs)
+    assert np.array_equal(finite, np.isfinite(ours))
+    np.testing.assert_allclose(ours[finite], theirs[finite], rtol=0, atol=2e-5)
+    assert ours.argmax(axis=-1).tolist() == theirs.argmax(axis=-1).tolist()
+    np.testing.assert_allclose(softmax(x), torch.softmax(t, dim=-1).numpy(), rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(logsumexp(x[:, 100:]), torch.logsumexp(t[:, 100:], dim=-1).numpy(), rtol=1e-6)
+    empty = np.full((2, 8), -math.inf, dtype=np.float32)
+    assert logsumexp(empty).tolist() == torch.logsumexp(torch.from_numpy(empty), dim=-1).tolist()
