@@ -41,7 +41,8 @@ def logits(decoder: Decoder, cross, seq: list[int], n_prefix: int) -> torch.Tens
     net = decoder.net
     with torch.inference_mode():
         hidden, _ = net(torch.tensor([seq], device=decoder.device), net.new_cache(1), cross.kv)
-        return (net.proj(net.ln(hidden[0, n_prefix - 1:])).float() + decoder.suppress).cpu()
+        logits = net.proj(net.ln(hidden[0, n_prefix - 1:])).float().cpu()
+        return logits + torch.from_numpy(decoder.suppress)  # the mask is numpy, the search's side
 
 
 def kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:

@@ -1,5 +1,6 @@
 """The search's numpy arithmetic (scoring.py) against the torch kernels it replaced: topk's order
-exactly, ties included; the softmax family to float32 rounding, with the same maxima."""
+exactly, ties included; the softmax family to float32 rounding, with the same maxima; and the
+timestamp rules and name bonuses on numpy arrays."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from wyoming_amanuensis.biasing import NameBoost, NameTrie
 from wyoming_amanuensis.scoring import log_softmax, logsumexp, softmax, topk
+from wyoming_amanuensis.timestamps import TimestampRules
 
 VOCAB = 51865
 
@@ -73,3 +76,40 @@ def test_softmax_family_matches_torch():
     np.testing.assert_allclose(logsumexp(x[:, 100:]), torch.logsumexp(t[:, 100:], dim=-1).numpy(), rtol=1e-6)
     empty = np.full((2, 8), -math.inf, dtype=np.float32)
     assert logsumexp(empty).tolist() == torch.logsumexp(torch.from_numpy(empty), dim=-1).tolist()
+
+
+def test_timestamp_rules_on_numpy():
+    begin, eot, no_ts, vocab = 100, 50, 99, 200
+    rules = TimestampRules(begin, eot, no_ts)
+    logits = np.zeros((3, vocab), dtype=np.float32)
+    logits[2, begin + 5] = 30.0  # a timestamp so likely that one must be taken
+    out = rules.apply(logits, [[], [begin, 7, begin + 3, begin + 3], [begin, 7]])
+    assert out is logits and out.dtype == np.float32
+    assert np.isneginf(out[:, no_ts]).all()
+    # nothing yet: a timestamp within the first second, no text
+    assert np.isneginf(out[0, :begin]).all() and np.isneginf(out[0, rules.max_initial + 1:]).all()
+    assert np.isfinite(out[0, begin:rules.max_initial + 1]).all()
+    # a pair just closed: text or end of text, no timestamp
+    assert np.isneginf(out[1, begin:]).all() and np.isfinite(out[1, :no_ts]).all()
+    # text after a timestamp, the timestamps outweigh it: a later timestamp only
+    assert np.isneginf(out[2, :begin]).all() and np.isneginf(out[2, begin:begin + 1]).all()
+    assert np.isfinite(out[2, begin + 1:]).all()
+
+
+class _Tokenizer:
+    def encode(self, text: str) -> list[int]:
+        return {" Bed Light": [5, 6], " bed light": [7, 8]}[text]
+
+
+def test_name_boost_scores_on_numpy():
+    trie = NameTrie(_Tokenizer(), ("Bed Light",))
+    start = np.zeros(10, dtype=np.float32)
+    start[trie.starts] = 1.5
+    boost = NameBoost(trie=trie, start=start, bonus=3.0)
+    logp = np.full((2, 10), -2.0, dtype=np.float32)
+    out = boost.scores(logp[0], [1, 5])
+    assert out.dtype == np.float32 and logp[0].tolist() == [-2.0] * 10  # a new array
+    assert out[[5, 7]].tolist() == [-0.5, -0.5] and out[6] == 1.0  # starts; continues " Bed"
+    assert out[[0, 1, 2, 3, 4, 8, 9]].tolist() == [-2.0] * 7
+    both = boost.scores(logp, [5])
+    assert both.shape == (2, 10) and both[1].tolist() == out.tolist()

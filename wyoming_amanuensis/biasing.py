@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable, Optional
 
+import numpy as np
 from rapidfuzz import fuzz, process
 
-if TYPE_CHECKING:  # torch is imported where a boost is made: request parsing imports this module,
-    import torch  # and the server answers describe before torch has loaded (lifetime.py)
-
+if TYPE_CHECKING:
     from .model.tokenizer import WhisperTokenizer
 
 # Bounds that keep a hostile or enormous list cheap: a name is a few words, a home a few thousand.
@@ -99,21 +98,18 @@ class NameTrie:
 
 @dataclass
 class NameBoost:
-    """What the decoder adds to the log-probabilities of one request."""
+    """What the decoder adds to the log-probabilities of one request (float32 numpy, the search's side)."""
 
     trie: NameTrie
-    start: torch.Tensor  # [vocab]: the start bonus on every token that begins a name
+    start: np.ndarray  # [vocab] float32: the start bonus on every token that begins a name
     bonus: float  # on a token that continues a name already begun
 
-    def scores(self, logp: torch.Tensor, tokens: list[int]) -> torch.Tensor:
-        """``logp`` [vocab] (or [beams, vocab] for one shared history) plus the bonuses."""
+    def scores(self, logp: np.ndarray, tokens: list[int]) -> np.ndarray:
+        """``logp`` [vocab] (or [beams, vocab] for one shared history) plus the bonuses, a new array."""
         out = logp + self.start
         cont = self.trie.continuations(tokens)
         if cont:
-            import torch
-
-            idx = torch.tensor(sorted(cont), device=logp.device)
-            out[..., idx] += self.bonus
+            out[..., sorted(cont)] += np.float32(self.bonus)  # in float32, as torch added it
         return out
 
 
@@ -140,17 +136,15 @@ def _trie(tokenizer: WhisperTokenizer, names: tuple[str, ...]) -> NameTrie:
     return trie
 
 
-def name_boost(tokenizer: WhisperTokenizer, names: tuple[str, ...], bonus: float, n_vocab: int,
-               device: torch.device) -> Optional[NameBoost]:
+def name_boost(tokenizer: WhisperTokenizer, names: tuple[str, ...], bonus: float,
+               n_vocab: int) -> Optional[NameBoost]:
     if not names or bonus <= 0:
         return None
-    import torch
-
     trie = _trie(tokenizer, names)
-    start = torch.zeros(n_vocab, device=device)
+    start = np.zeros(n_vocab, dtype=np.float32)
     # a name's first token gets half the bonus: enough to tip a near tie toward the name,
     # not enough to start names where none was said
-    start[torch.tensor(trie.starts, device=device)] = bonus / 2
+    start[trie.starts] = bonus / 2
     return NameBoost(trie=trie, start=start, bonus=bonus)
 
 

@@ -1,8 +1,12 @@
 """Decoder stage: the search that turns encoder states into tokens.
 
 ``Decoder`` drives the network (``model.modules.TextDecoder``, here ``net``);
-it is not a torch module. One per model lives for the whole process and is
-shared by all requests (it holds no per-request state). Per request it
+it is not a torch module. The search on numpy, the network torch: the CPU
+runtime will swap the network. What crosses between them is the network's
+logits (``_logits``, float32 numpy) one way and token ids the other; the
+search's arithmetic (``scoring.py``) follows torch's kernels in float32, so
+that its decisions are the ones torch made. One per model lives for the whole
+process and is shared by all requests (it holds no per-request state). Per request it
 validates the encoder output, projects the cross-attention keys/values once (joined with the
 process-wide keys/values of the cached silence tail), then decodes greedily or
 with a beam, with a self-attention cache, language detection, token
@@ -16,8 +20,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
+from . import scoring
 from .biasing import NameBoost
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
@@ -150,25 +156,27 @@ class Decoder:
         with torch.inference_mode():
             self.silence_tails = [PooledTail(k.contiguous(), v.contiguous(), tail_chunk)
                                   for k, v in self.net.project_cross(silence.to(self.device))]
+        # the suppression masks [vocab], float32 numpy: added to the logits on the search's side
         n_vocab = model.dims.n_vocab
-        mask = torch.zeros(n_vocab)
+        mask = np.zeros(n_vocab, dtype=np.float32)
         # everything after end-of-text is a special token (sot, languages, tasks, timestamps)
         mask[self.tok.eot + 1:] = -math.inf
         for i in model.suppress_ids:
             if 0 <= i < n_vocab:
                 mask[i] = -math.inf
-        self.suppress = mask.to(self.device)
-        begin = torch.zeros(n_vocab)
+        self.suppress = mask
+        begin = np.zeros(n_vocab, dtype=np.float32)
         for i in model.suppress_ids_begin:
             if 0 <= i < n_vocab:
                 begin[i] = -math.inf
-        self.suppress_begin = (mask + begin).to(self.device)
+        self.suppress_begin = mask + begin
         # with timestamps on, the timestamp tokens are allowed; TimestampRules orders them.
-        # A copy: on the CPU .to() returned ``mask`` itself, which self.suppress still is.
-        mask = mask.clone()
+        # A copy: ``mask`` is self.suppress itself.
+        mask = mask.copy()
         mask[self.tok.timestamp_begin:] = 0.0
-        self.suppress_ts = mask.to(self.device)
-        self.suppress_begin_ts = (mask + begin).to(self.device)
+        self.suppress_ts = mask
+        self.suppress_begin_ts = mask + begin
+        self.language_ids = np.array([self.tok.languages[c] for c in self.tok.languages], dtype=np.int64)
         self.timestamp_rules = TimestampRules(self.tok.timestamp_begin, self.tok.eot, self.tok.no_timestamps)
         self.alignment_layers = frozenset(layer for layer, _ in model.alignment_heads)
 
@@ -213,8 +221,11 @@ class Decoder:
         return CrossAttention(kv=kv)
 
     # --------------------------------------------------------------- decoding
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.net.proj(self.net.ln(hidden)).float()
+    def _logits(self, hidden: torch.Tensor) -> np.ndarray:
+        """The vocabulary projection of ``hidden`` [..., d]: float32 numpy [..., V], where the
+        search takes over (on the CPU a view of the torch output, no copy)."""
+        logits = self.net.proj(self.net.ln(hidden)).float()
+        return logits.numpy() if logits.device.type == "cpu" else logits.cpu().numpy()
 
     @staticmethod
     def _stack(crosses: list[CrossAttention]) -> list:
@@ -248,14 +259,14 @@ class Decoder:
             hidden, _ = self.net(torch.tensor([h + [tok.sot] for h in heads], device=self.device), cache, kv)
             sot_logits = self._logits(hidden[:, -1])
             codes, probs = self._language_probs(sot_logits)
-            languages = [lang or codes[i] for lang, i in zip(languages, probs.argmax(dim=-1).tolist())]
+            languages = [lang or codes[i] for lang, i in zip(languages, probs.argmax(axis=-1).tolist())]
             rests = [self._sot(lang, o)[1:] for lang, o in zip(languages, opts)]
             hidden, weights = self.net(torch.tensor(rests, device=self.device), cache, kv, weight_layers=weight_layers)
         else:
             seqs = [h + self._sot(lang, o) for h, lang, o in zip(heads, languages, opts)]
             hidden, weights = self.net(torch.tensor(seqs, device=self.device), cache, kv, weight_layers=weight_layers)
             sot_logits = self._logits(hidden[:, n_head])
-        no_speech = torch.softmax(sot_logits, dim=-1)[:, tok.no_speech].tolist()
+        no_speech = scoring.softmax(sot_logits)[:, tok.no_speech].tolist()
         prefixes = [h + self._sot(lang, o) for h, lang, o in zip(heads, languages, opts)]
         return languages, no_speech, prefixes, self._logits(hidden[:, -1]), weights
 
@@ -268,29 +279,29 @@ class Decoder:
         best = int(probs[0].argmax())
         return codes[best], float(probs[0, best])
 
-    def _language_probs(self, sot_logits: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    def _language_probs(self, sot_logits: np.ndarray) -> tuple[list[str], np.ndarray]:
         """(the model's language codes, [B, languages] each row's probability of each) from the
         logits after start-of-transcript."""
-        codes = list(self.tok.languages)
-        ids = torch.tensor([self.tok.languages[c] for c in codes], device=self.device)
-        return codes, torch.softmax(sot_logits[:, ids], dim=-1)
+        return list(self.tok.languages), scoring.softmax(sot_logits[:, self.language_ids])
 
     def _sot(self, language: str, opts: DecodeOptions) -> list[int]:
         seq = self.tok.sot_sequence(language)
         return seq[:-1] if opts.timestamps else seq  # without <|notimestamps|>
 
-    def _masks(self, opts: DecodeOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    def _masks(self, opts: DecodeOptions) -> tuple[np.ndarray, np.ndarray]:
         """(first step's, later steps') suppression masks."""
         if opts.timestamps:
             return self.suppress_begin_ts, self.suppress_ts
         return self.suppress_begin, self.suppress
 
-    def _scores(self, logits: torch.Tensor, suppress: torch.Tensor, opts: DecodeOptions,
-                sequences: list[list[int]]) -> torch.Tensor:
+    def _scores(self, logits: np.ndarray, suppress: np.ndarray, opts: DecodeOptions,
+                sequences: list[list[int]]) -> np.ndarray:
+        """Log-probabilities [B, V] after suppression (a new array: ``logits`` may be the
+        network's output buffer, and the timestamp rules write into theirs)."""
         x = logits + suppress
         if opts.timestamps:
             x = self.timestamp_rules.apply(x, sequences)
-        return torch.log_softmax(x, dim=-1)
+        return scoring.log_softmax(x)
 
     def _head_rows(self, weights: dict, row: int = 0) -> torch.Tensor:
         """[heads, n, S] for the alignment heads out of per-layer weights [B, H, n, S] (or per row)."""
@@ -340,7 +351,7 @@ class Decoder:
         while any(active):
             logp = self._scores(logits, suppress, opts[0], tokens)
             suppress = later
-            best = logp.argmax(dim=-1).tolist()
+            best = logp.argmax(axis=-1).tolist()  # the first of equal maxima, as torch.argmax
             for b in range(batch):
                 # the bonus steers the choice; the text's log-probability (the silence rule) stays the model's
                 if active[b] and opts[b].boost is not None:
@@ -404,8 +415,8 @@ class Decoder:
         limit = min(opts.max_tokens, self.model.dims.n_text_ctx - len(prefix) - 1)
         eot = self.tok.eot
         seqs: list[list[int]] = [[]]
-        scores = torch.zeros(1, device=self.device)  # what ranks the beams: log-probability plus name bonuses
-        model_scores = torch.zeros(1, device=self.device)  # the model's own log-probability
+        scores = np.zeros(1, dtype=np.float32)  # what ranks the beams: log-probability plus name bonuses
+        model_scores = np.zeros(1, dtype=np.float32)  # the model's own log-probability
         finished: list[tuple[float, list[int], float]] = []  # (normalised score, tokens, sum logprob)
         like_ct2 = self.beam_like_ctranslate2
         suppress, later = self._masks(opts)
@@ -414,13 +425,15 @@ class Decoder:
                 break
             logp = self._scores(logits, suppress, opts, seqs)
             suppress = later
-            ranked = logp if opts.boost is None else torch.stack(
+            ranked = logp if opts.boost is None else np.stack(
                 [opts.boost.scores(logp[r], seq) for r, seq in enumerate(seqs)])
-            total = (scores[:, None] + ranked).flatten()
-            model_total = (model_scores[:, None] + logp).flatten()
-            top = torch.topk(total, min(2 * beam, total.numel()))
+            total = (scores[:, None] + ranked).ravel()
+            model_total = (model_scores[:, None] + logp).ravel()
+            # torch.topk's order, ties included: which candidates may finish and the order of
+            # the finished readings (the first best wins) depend on it
+            top_values, top_indices = scoring.topk(total, 2 * beam)
             new_seqs, new_scores, new_model, origins = [], [], [], []
-            for rank, (score, flat) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+            for rank, (score, flat) in enumerate(zip(top_values.tolist(), top_indices.tolist())):
                 src, token = divmod(flat, logp.shape[1])
                 own = float(model_total[flat])
                 if token == eot or step == limit - 1:
@@ -439,8 +452,8 @@ class Decoder:
             if len(finished) >= beam or not new_seqs:
                 break
             seqs = new_seqs
-            scores = torch.tensor(new_scores, device=self.device)
-            model_scores = torch.tensor(new_model, device=self.device)
+            scores = np.array(new_scores, dtype=np.float32)
+            model_scores = np.array(new_model, dtype=np.float32)
             # the prefix row is shared at first; from then on each beam keeps its own cache row
             cache.reorder(torch.tensor(origins, device=self.device))
             step_kv = kv if len(seqs) == beam else [(k[:len(seqs)], v[:len(seqs)], b) for k, v, b in kv]
@@ -499,7 +512,7 @@ class Decoder:
             # hidden[:, i] predicts token shared + i of the row
             want = padded[row][first:end]
             logits = self._logits(hidden[row, first - shared:end - shared]) + self.suppress
-            return float(torch.log_softmax(logits, dim=-1)[torch.arange(len(want)), torch.tensor(want)].sum())
+            return float(scoring.log_softmax(logits)[np.arange(len(want)), want].sum())
 
         return [logprobs(r + 1, *alt_span) - logprobs(0, *orig_span)
                 for r, (alt_span, orig_span) in enumerate(spans)]

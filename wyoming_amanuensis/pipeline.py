@@ -275,8 +275,7 @@ class Engine:
         tokenizer = loaded.model.tokenizer
         prompt_text = build_prompt(request.names) if self.settings.names_prompt else None
         prompt = tokenizer.encode(" " + prompt_text) if prompt_text else []
-        boost = name_boost(tokenizer, request.names, self.settings.names_boost, loaded.model.dims.n_vocab,
-                           loaded.decoder.device)
+        boost = name_boost(tokenizer, request.names, self.settings.names_boost, loaded.model.dims.n_vocab)
         options = DecodeOptions(language=request.language or self.settings.language, beam_size=beam,
                                 beam_size_other=other,
                                 prompt_tokens=prompt, boost=boost, max_tokens=max_tokens_for(seconds),

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
+import numpy as np
+
+from .scoring import log_softmax, logsumexp
 
 SECONDS_PER_TIMESTAMP = 0.02
 # openai-whisper's default: the first segment starts within the first second of the window
@@ -21,7 +23,7 @@ MAX_INITIAL_TIMESTAMP_S = 1.0
 
 
 class TimestampRules:
-    """Masks logits [B, V] in place so that every row's continuation keeps the timestamp grammar."""
+    """Masks logits [B, V] (float32 numpy) in place so that every row's continuation keeps the timestamp grammar."""
 
     def __init__(self, timestamp_begin: int, eot: int, no_timestamps: int):
         self.begin = timestamp_begin
@@ -29,7 +31,7 @@ class TimestampRules:
         self.no_timestamps = no_timestamps
         self.max_initial = timestamp_begin + round(MAX_INITIAL_TIMESTAMP_S / SECONDS_PER_TIMESTAMP)
 
-    def apply(self, logits: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
+    def apply(self, logits: np.ndarray, sequences: list[list[int]]) -> np.ndarray:
         begin = self.begin
         logits[:, self.no_timestamps] = -math.inf
         for row, seq in enumerate(sequences):
@@ -49,10 +51,10 @@ class TimestampRules:
                 logits[row, :begin] = -math.inf  # the window starts with a timestamp
                 logits[row, self.max_initial + 1:] = -math.inf
         # when the timestamps together outweigh the likeliest text token, take a timestamp
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        stamp = torch.logsumexp(logp[:, begin:], dim=-1)
-        text = logp[:, :begin].max(dim=-1).values
-        for row in torch.nonzero(stamp > text).flatten().tolist():
+        logp = log_softmax(logits.astype(np.float32, copy=False))
+        stamp = logsumexp(logp[:, begin:])
+        text = logp[:, :begin].max(axis=-1)
+        for row in np.flatnonzero(stamp > text).tolist():
             logits[row, :begin] = -math.inf
         return logits
 

@@ -68,13 +68,13 @@ def teacher_forced(decoder, cross, ow: OrtWhisper, okv, obias, feed: list[list[i
         cache = decoder.net.new_cache(1)
         for step in feed:
             h, _ = decoder.net(torch.tensor([step]), cache, cross.kv)
-            t_logits.append(decoder._logits(h[:, -1]).numpy()[0])
+            t_logits.append(decoder._logits(h[:, -1])[0])
     past, offset = ow.empty_past(1), 0
     for step in feed:
         lg, past = ow.step(np.array([step]), offset, past, okv, obias)
         o_logits.append(lg[0])
         offset += len(step)
-    first, later = decoder.suppress_begin.numpy(), decoder.suppress.numpy()
+    first, later = decoder.suppress_begin, decoder.suppress
     agree = sum(int(np.argmax(a + m) == np.argmax(b + m))
                 for s, (a, b) in enumerate(zip(t_logits, o_logits)) for m in [first if s == 0 else later])
     return t_logits, o_logits, agree
@@ -127,7 +127,7 @@ def run(work: Path, graphs: Path) -> dict:
     flash = OrtWhisper(product.enc, None, None)
     flash.enc_tails = plain.enc_tails
     audio = corpus_audio(CLIPS)
-    first_mask, later_mask = decoder.suppress_begin.numpy(), decoder.suppress.numpy()
+    first_mask, later_mask = decoder.suppress_begin, decoder.suppress
     out["encoder"] = {}
     for label, frames in (("short", window_frames(len(audio[CLIPS[0]]))), ("full", 3000)):
         mel = log_mel(audio[CLIPS[0]], 80, n_frames=frames)[None]

@@ -58,7 +58,7 @@ class TorchStep:
             kv = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), b) for k, v, b in cross]
             h, _ = self.net(torch.tensor(tokens, dtype=torch.long), cache, kv)
             n = offset + tokens.shape[1]
-            return (self.decoder._logits(h[:, -1]).numpy(),
+            return (self.decoder._logits(h[:, -1]),
                     [(cache.kv[i, 0, :, :, :n].numpy().copy(), cache.kv[i, 1, :, :, :n].numpy().copy())
                      for i in range(self.L)])
 
@@ -92,7 +92,7 @@ def run(work: Path, graphs: Path) -> dict:
     filters = np.load(graphs / "mel_filters.npy")
     masks = suppress_masks(tok.eot, {"suppress_ids": model.suppress_ids, "suppress_ids_begin": model.suppress_ids_begin},
                            model.dims.n_vocab)
-    assert np.array_equal(masks[0], decoder.suppress_begin.numpy()) and np.array_equal(masks[1], decoder.suppress.numpy())
+    assert np.array_equal(masks[0], decoder.suppress_begin) and np.array_equal(masks[1], decoder.suppress)
 
     def ort_transcribe(audio, lang):
         if audio.size == 0 or float(np.abs(audio).max()) < 1e-4:
