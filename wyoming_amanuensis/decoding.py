@@ -429,7 +429,7 @@ class Decoder:
                 [opts.boost.scores(logp[r], seq) for r, seq in enumerate(seqs)])
             total = (scores[:, None] + ranked).ravel()
             model_total = (model_scores[:, None] + logp).ravel()
-            # torch.topk's order, ties included: which candidates may finish and the order of
+            # largest first, equal scores by index: which candidates may finish and the order of
             # the finished readings (the first best wins) depend on it
             top_values, top_indices = scoring.topk(total, 2 * beam)
             new_seqs, new_scores, new_model, origins = [], [], [], []
