@@ -1,16 +1,17 @@
 """Decoder stage: the search that turns encoder states into tokens.
 
 ``Decoder`` drives the network (``model.modules.TextDecoder``, here ``net``);
-it is not a torch module. The search on numpy, the network torch: the CPU
-runtime will swap the network. What crosses between them is the network's
-logits (``_logits``, float32 numpy) one way and token ids the other; the
-search's arithmetic (``scoring.py``) follows torch's kernels in float32, so
-that its decisions are the ones torch made. One per model lives for the whole
-process and is shared by all requests (it holds no per-request state). Per request it
-validates the encoder output, projects the cross-attention keys/values once (joined with the
-process-wide keys/values of the cached silence tail), then decodes greedily or
-with a beam, with a self-attention cache, language detection, token
-suppression and a token cap tied to the audio length.
+it is not a torch module. The search is numpy and the network torch, so that
+a CPU runtime without torch can swap the network alone: what crosses between
+them is the network's logits (``_logits``, float32 numpy) one way and token
+ids the other, and the search's arithmetic (``scoring.py``) follows torch's
+kernels in float32, so that it decides as torch did. One per model lives for
+the whole process and is shared by all requests (it holds no per-request
+state). Per request it validates the encoder output, projects the
+cross-attention keys/values once (joined with the process-wide keys/values of
+the cached silence tail), then decodes greedily or with a beam, with a
+self-attention cache, language detection, token suppression and a token cap
+tied to the audio length.
 """
 
 from __future__ import annotations
