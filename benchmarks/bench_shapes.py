@@ -65,7 +65,7 @@ def one(name: str, directory: Path, audio: np.ndarray, threads: int) -> str:
 
     full = encode(audio, N_FRAMES_30S, None)
     theirs = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type="float32", intra_threads=threads)
-    mel = log_mel(audio, n_mels, n_frames=N_FRAMES_30S)[None].numpy()
+    mel = log_mel(audio, n_mels, n_frames=N_FRAMES_30S)[None]
     their_states = np.array(theirs.encode(ctranslate2.StorageView.from_array(mel), to_cpu=True))
     prefix = tok.sot_sequence("en")
     their_tokens = theirs.generate(ctranslate2.StorageView.from_array(their_states), [prefix], beam_size=1,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import torch
 
 from .audio import SAMPLE_RATE
 
@@ -34,8 +33,8 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def mel_filters(n_mels: int = 80) -> torch.Tensor:
-    """Slaney-normalised triangular filterbank [n_mels, N_FFT//2 + 1]."""
+def mel_filters(n_mels: int = 80) -> np.ndarray:
+    """Slaney-normalised triangular filterbank [n_mels, N_FFT//2 + 1], float32 (read-only: shared)."""
     fft_freqs = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
     mel_pts = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(SAMPLE_RATE / 2), n_mels + 2))
     fdiff = np.diff(mel_pts)
@@ -44,28 +43,34 @@ def mel_filters(n_mels: int = 80) -> torch.Tensor:
     upper = ramps[2:] / fdiff[1:, None]
     weights = np.maximum(0, np.minimum(lower, upper))
     weights *= (2.0 / (mel_pts[2:n_mels + 2] - mel_pts[:n_mels]))[:, None]
-    return torch.from_numpy(weights.astype(np.float32))
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 @lru_cache(maxsize=1)
-def _window() -> torch.Tensor:
-    return torch.hann_window(N_FFT)
+def _window() -> np.ndarray:
+    """Periodic Hann window, as torch.hann_window."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
 
 
-def log_mel(audio: np.ndarray | torch.Tensor, n_mels: int = 80, n_frames: int | None = None) -> torch.Tensor:
-    """16 kHz mono float32 -> normalised log-mel [n_mels, frames].
+def log_mel(audio: np.ndarray, n_mels: int = 80, n_frames: int | None = None) -> np.ndarray:
+    """16 kHz mono float32 -> normalised log-mel [n_mels, frames], float32 numpy.
 
-    The audio is zero-padded (or cut) to ``n_frames`` * 160 samples first when
-    given, exactly as Whisper pads to 30 s; clamping to (max - 8) then only
-    ever touches padding, so a shorter window yields the same leading frames.
+    Whisper's front end (openai-whisper's torch.stft, centred, reflect-padded) on numpy, so
+    that the CPU runtime never needs torch. The audio is zero-padded (or cut) to ``n_frames``
+    * 160 samples first when given, exactly as Whisper pads to 30 s; clamping to (max - 8)
+    then only ever touches padding, so a shorter window yields the same leading frames.
     """
-    x = torch.as_tensor(audio, dtype=torch.float32)
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
     if n_frames is not None:
         want = n_frames * HOP
-        x = x[:want] if x.shape[0] >= want else torch.nn.functional.pad(x, (0, want - x.shape[0]))
-    stft = torch.stft(x, N_FFT, HOP, window=_window(), return_complex=True)
-    power = stft[..., :-1].abs() ** 2
-    spec = mel_filters(n_mels) @ power
-    log_spec = torch.clamp(spec, min=1e-10).log10()
-    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
-    return (log_spec + 4.0) / 4.0
+        x = x[:want] if x.shape[0] >= want else np.pad(x, (0, want - x.shape[0]))
+    x = np.pad(x, (N_FFT // 2, N_FFT // 2), mode="reflect")
+    n = 1 + (x.shape[0] - N_FFT) // HOP
+    frames = np.lib.stride_tricks.as_strided(x, (n, N_FFT), (x.strides[0] * HOP, x.strides[0]))
+    spec = np.fft.rfft(frames * _window(), axis=1)[:-1]  # Whisper drops the last frame
+    power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+    log_spec = np.log10(np.maximum(mel_filters(n_mels) @ power.T, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from ..model.silence import SilenceContext
@@ -20,7 +21,7 @@ class EncoderOutput:
     cross-attention keys/values the decoder already holds.
     """
 
-    features: torch.Tensor
+    features: Any  # a torch tensor (torch backends) or a numpy array (onnx_runtime)
     tail_cached: bool
     backend: str
     npu_ms: float = 0.0
@@ -35,11 +36,11 @@ class EncoderBackend(Protocol):
     def decoder_device(self) -> torch.device:
         """Where the decoder should run to consume this backend's output without a copy."""
 
-    def silence(self, silent_mel: torch.Tensor, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
+    def silence(self, silent_mel: np.ndarray, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
         """Once at start-up: the encoder output of the all-silence window [1, 1500, d] (on
         ``decoder_device``) and each layer's pooled silence keys/values for short windows."""
 
-    def encode(self, mel: torch.Tensor, context: Optional[SilenceContext] = None) -> EncoderOutput:
+    def encode(self, mel: np.ndarray, context: Optional[SilenceContext] = None) -> EncoderOutput:
         """[1, n_mels, T] log-mel -> EncoderOutput with features [1, T/2, d] (tail_cached False).
 
         With ``context`` and T < 3000, every layer also attends to the pooled silence keys.

@@ -25,6 +25,7 @@ import time
 from functools import partial
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..config import Settings
@@ -102,10 +103,10 @@ class NpuEncoderBackend:
         return torch.from_numpy(y)[None]
 
     @torch.inference_mode()
-    def silence(self, silent_mel: torch.Tensor, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
+    def silence(self, silent_mel: np.ndarray, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
         """The all-silence window's encoding and layer keys/values, computed the way requests are (NPU)."""
         with self._lock:
-            x = self.encoder.stem(silent_mel.to("cpu", dtype=torch.float32))
+            x = self.encoder.stem(torch.as_tensor(silent_mel).to("cpu", dtype=torch.float32))
             kv: list = []
             try:
                 feats = self.encoder.run_layers(x, products=self.products, record=kv)
@@ -117,11 +118,11 @@ class NpuEncoderBackend:
             return feats, SilenceContext(kv, chunk)
 
     @torch.inference_mode()
-    def encode(self, mel: torch.Tensor, context: Optional[SilenceContext] = None) -> EncoderOutput:
+    def encode(self, mel: np.ndarray, context: Optional[SilenceContext] = None) -> EncoderOutput:
         with self._lock:
             self.requests += 1
             # The stem is CPU work in both paths; bad input raises here, as it would on the CPU backend.
-            x = self.encoder.stem(mel.to("cpu", dtype=torch.float32))
+            x = self.encoder.stem(torch.as_tensor(mel).to("cpu", dtype=torch.float32))
             busy0 = self.npu.busy_ms
             if self.disabled_reason is None:
                 try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 
 from typing import Optional
@@ -36,14 +37,14 @@ class TorchEncoderBackend:
         return self.device
 
     @torch.inference_mode()
-    def silence(self, silent_mel: torch.Tensor, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
+    def silence(self, silent_mel: np.ndarray, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
         kv: list = []
-        feats = self.encoder(silent_mel.to(self.device, dtype=self.dtype), record=kv)
+        feats = self.encoder(torch.as_tensor(silent_mel).to(self.device, dtype=self.dtype), record=kv)
         return feats.float(), SilenceContext(kv, chunk)
 
     @torch.inference_mode()
-    def encode(self, mel: torch.Tensor, context: Optional[SilenceContext] = None) -> EncoderOutput:
-        x = mel.to(self.device, dtype=self.dtype, non_blocking=True)
+    def encode(self, mel: np.ndarray, context: Optional[SilenceContext] = None) -> EncoderOutput:
+        x = torch.as_tensor(mel).to(self.device, dtype=self.dtype, non_blocking=True)
         feats = self.encoder(x, context).float()
         return EncoderOutput(features=feats, tail_cached=False, backend=self.name)
 

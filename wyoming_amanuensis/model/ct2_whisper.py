@@ -9,54 +9,14 @@ architecture fails naming the tensor instead of loading garbage.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 from torch import nn
 
 from .ct2 import ModelFileError, dequantize
-from .modules import N_CTX_AUDIO, AudioEncoder, Dims, TextDecoder
+from .modules import AudioEncoder, TextDecoder
 from .quantize import row_int8_linears
-
-
-def dims_from_variables(v: dict[str, np.ndarray], path: str = "model.bin") -> Dims:
-    try:
-        conv1 = v["encoder/conv1/weight"]
-        emb = v["decoder/embeddings/weight"]
-        dec_pos = v["decoder/position_encodings/encodings"]
-    except KeyError as err:
-        raise ModelFileError(f"{path}: missing tensor {err.args[0]}; not a complete Whisper model") from None
-
-    def layers(prefix: str) -> int:
-        idx = {int(m.group(1)) for k in v for m in [re.match(prefix + r"/layer_(\d+)/", k)] if m}
-        return max(idx) + 1 if idx else 0
-
-    def heads(name: str, width: int) -> int:
-        h = v.get(name)
-        return int(h) if h is not None else max(1, width // 64)
-
-    if conv1.ndim != 3 or emb.ndim != 2 or dec_pos.ndim != 2:
-        raise ModelFileError(f"{path}: encoder/conv1/weight {conv1.shape}, decoder/embeddings/weight {emb.shape}: "
-                             "not Whisper's tensor layout")
-    width = int(conv1.shape[0])
-    dims = Dims(
-        n_mels=int(conv1.shape[1]),
-        width=width,
-        enc_layers=layers("encoder"),
-        dec_layers=layers("decoder"),
-        enc_heads=heads("encoder/num_heads", width),
-        dec_heads=heads("decoder/num_heads", width),
-        n_vocab=int(emb.shape[0]),
-        n_text_ctx=int(dec_pos.shape[0]),
-    )
-    if dims.enc_layers == 0 or dims.dec_layers == 0:
-        raise ModelFileError(f"{path}: {dims.enc_layers} encoder and {dims.dec_layers} decoder layers; "
-                             "not a complete Whisper model")
-    for side, h in (("encoder", dims.enc_heads), ("decoder", dims.dec_heads)):
-        if h < 1 or width % h:
-            raise ModelFileError(f"{path}: {side}/num_heads {h} does not divide the width {width}")
-    return dims
+from .whisper_spec import N_CTX_AUDIO, Dims, dims_from_variables
 
 
 class _Weights:

@@ -10,7 +10,6 @@ tail's once per process), and the self-attention cache grows in place.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -20,20 +19,7 @@ from torch import nn
 if TYPE_CHECKING:
     from .silence import SilenceContext
 
-N_CTX_AUDIO = 1500  # encoder positions in the 30 s window
-N_CTX_TEXT = 448
-
-
-@dataclass(frozen=True)
-class Dims:
-    n_mels: int
-    width: int
-    enc_layers: int
-    dec_layers: int
-    enc_heads: int
-    dec_heads: int
-    n_vocab: int
-    n_text_ctx: int
+from .whisper_spec import N_CTX_AUDIO, Dims
 
 
 class MLP(nn.Module):
