@@ -18,13 +18,14 @@ import numpy as np
 
 @dataclass
 class CrossAttention:
-    """One request's audio as the decoder attends to it: per layer the cross-attention keys
-    and values of its positions (followed, after a short window, by the pooled silence tail,
-    with its bias), in the network's own arrays. ``positions``: how many audio positions a
-    row attends to (the width of its alignment weights)."""
+    """Audio as the decoder attends to it: per layer the cross-attention keys and values of
+    one request's positions (followed, after a short window, by the pooled silence tail, with
+    its bias), in the network's own arrays; or, from ``DecoderNet.join``, several requests'
+    for a batch, row b attending over request b's audio alone. ``rows``: 1, or the number
+    of requests joined."""
 
     kv: Any
-    positions: int
+    rows: int = 1
 
 
 class SelfCache(Protocol):
@@ -45,16 +46,20 @@ class DecoderNet(Protocol):
         once; with ``tail_cached`` (a short window, P < 1500) the process-wide silence tail
         follows its P positions."""
 
+    def join(self, crosses: Sequence[CrossAttention]) -> CrossAttention:
+        """Several requests' audio for one batched decode: row b of a step attends over
+        ``crosses[b]`` exactly as it would alone (its tokens must not depend on its batch)."""
+
     def new_cache(self, batch: int, max_len: Optional[int] = None) -> SelfCache:
         """An empty cache for ``batch`` rows (``max_len``: at most that many positions; default the
         decoder's context)."""
 
-    def step(self, tokens: Sequence[Sequence[int]], cache: SelfCache, cross: Sequence[CrossAttention],
+    def step(self, tokens: Sequence[Sequence[int]], cache: SelfCache, cross: CrossAttention,
              positions: Sequence[int], alignment: bool = False) -> tuple[np.ndarray, Optional[list[np.ndarray]]]:
         """Feed ``tokens`` [B rows][n] after ``cache.length`` cached positions (the cache grows by n).
 
-        ``cross``: one CrossAttention per row, or one shared by all B rows (beams, readings of
-        one request). ``positions``: which of the n fed positions to project onto the
+        ``cross``: one request's, shared by all B rows (its beams, readings of it), or B
+        requests' joined. ``positions``: which of the n fed positions to project onto the
         vocabulary (negative counts from the end; the projection is the costliest part of a
         step). Returns logits [B, len(positions), V] float32 (the search may write into
         them) and, with ``alignment``, per row the cross-attention weights of the model's
