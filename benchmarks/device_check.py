@@ -63,8 +63,9 @@ def utterance(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.1 * voice * envelope + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
+def cosine(a, b) -> float:
+    a, b = torch.as_tensor(a).double().flatten().cpu(), torch.as_tensor(b).double().flatten().cpu()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
 def compare(ref: Engine, dev: Engine, audio: np.ndarray, margin: float, max_tokens: int) -> list[str]:
@@ -79,7 +80,7 @@ def compare(ref: Engine, dev: Engine, audio: np.ndarray, margin: float, max_toke
             ("utterance, short window + silence cache", log_mel(audio, r.model.dims.n_mels, n_frames=frames)[None],
              True)):
         a = r.backend.encode(mel, r.context if context else None).features
-        b = d.backend.encode(mel, d.context if context else None).features.cpu()
+        b = d.backend.encode(mel, d.context if context else None).features
         c = cosine(a, b)
         ok = c >= MIN_COSINE and a.shape == b.shape
         print(f"encoder {label}: {tuple(a.shape)} cosine {c:.6f} {'ok' if ok else 'MISMATCH'}")
@@ -95,7 +96,7 @@ def compare(ref: Engine, dev: Engine, audio: np.ndarray, margin: float, max_toke
     tok = r.model.tokenizer
     prefix = tok.sot_sequence("en")
     seq = prefix + greedy_r.tokens
-    want, got = logits(r.decoder, cross_r, seq, len(prefix)), logits(d.decoder, cross_d, seq, len(prefix))
+    want, got = (torch.from_numpy(logits(x.decoder, c, seq, len(prefix))) for x, c in ((r, cross_r), (d, cross_d)))
     finite = torch.isfinite(want)
     diff = float((want[finite] - got[finite]).abs().max())
     top2 = want.topk(2, dim=-1).values
@@ -181,15 +182,15 @@ def main(argv: list[str] | None = None) -> int:
           f"layers, {shape.n_mels} mels) written in {time.perf_counter() - t0:.1f} s")
 
     # The random models' prepared files stay in the work folder, out of the user's model cache.
-    base = settings_from(model=str(ref_dir), encoder_backend="cpu", int8_decoder=False, threads=args.threads,
-                         beam_size_non_english=1, batch_decode_size=max(args.batch or [1]),
+    base = settings_from(model=str(ref_dir), encoder_backend="cpu", cpu_runtime="torch", int8_decoder=False,
+                         threads=args.threads, beam_size_non_english=1, batch_decode_size=max(args.batch or [1]),
                          cache_dir=str(work / "cache"))
     ref = Engine.load(base)
     device_backend = "cuda" if args.device.startswith("cuda") else "cpu"
     dev = Engine.load(dataclasses.replace(base, model=str(dev_dir), encoder_backend=device_backend))
     name = next(iter(dev.models))
     print(f"loaded: reference on {ref.encoder_backend}, checked on {dev.encoder_backend} "
-          f"(decoder on {dev.models[name].decoder.device})")
+          f"(decoder on {dev.models[name].decoder.net.device})")
 
     audio = utterance(args.seconds)
     failures = compare(ref, dev, audio, args.margin, args.max_tokens)

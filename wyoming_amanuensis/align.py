@@ -8,7 +8,6 @@ gives a monotonic token -> time path. One encoder position is 20 ms.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.ndimage import median_filter
 
 from .model.tokenizer import WhisperTokenizer
@@ -66,16 +65,17 @@ def split_words(tokens: list[int], tok: WhisperTokenizer, language: str | None) 
     return words, groups
 
 
-def word_timestamps(weights: torch.Tensor, tokens: list[int], tok: WhisperTokenizer, positions: int,
+def word_timestamps(weights: np.ndarray, tokens: list[int], tok: WhisperTokenizer, positions: int,
                     language: str | None) -> list[Word]:
     """``weights`` [heads, len(tokens) + 1, 1500]: attention rows predicting each text token and end-of-text."""
     if not tokens:
         return []
     positions = max(1, min(positions, weights.shape[-1]))
-    w = weights[:, :, :positions].float()
-    w = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)  # renormalise over the audio actually heard
-    std, mean = torch.std_mean(w, dim=-2, keepdim=True, unbiased=False)
-    w = ((w - mean) / std.clamp_min(1e-8)).cpu().numpy()
+    w = np.asarray(weights[:, :, :positions], dtype=np.float32)
+    w = w / np.maximum(w.sum(axis=-1, keepdims=True), 1e-12)  # renormalise over the audio actually heard
+    mean = w.mean(axis=-2, keepdims=True)
+    std = w.std(axis=-2, keepdims=True)
+    w = (w - mean) / np.maximum(std, 1e-8)
     w = median_filter(w, size=(1, 1, MEDIAN_WIDTH))
     matrix = w.mean(axis=0)
     text_idx, time_idx = dtw(-matrix)

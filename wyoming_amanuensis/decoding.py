@@ -1,17 +1,17 @@
 """Decoder stage: the search that turns encoder states into tokens.
 
-``Decoder`` drives the network (``model.modules.TextDecoder``, here ``net``);
-it is not a torch module. The search is numpy and the network torch, so that
-a CPU runtime without torch can swap the network alone: what crosses between
-them is the network's logits (``_logits``, float32 numpy) one way and token
-ids the other, and the search's arithmetic (``scoring.py``) follows torch's
-kernels in float32, so that it decides as torch did. One per model lives for
-the whole process and is shared by all requests (it holds no per-request
-state). Per request it validates the encoder output, projects the
-cross-attention keys/values once (joined with the process-wide keys/values of
-the cached silence tail), then decodes greedily or with a beam, with a
-self-attention cache, language detection, token suppression and a token cap
-tied to the audio length.
+``Decoder`` is the search; the network that runs the weights is a
+``decoder_net.DecoderNet`` (``net``): ONNX Runtime sessions on the CPU
+(``onnx_runtime``), torch modules on CUDA and beside the NPU
+(``model/torch_net.py``). What crosses between them is token ids one way and
+float32 numpy logits the other; the search's arithmetic (``scoring.py``)
+follows torch's float32 kernels, so that it decides as the torch engine did.
+One per model lives for the whole process and is shared by all requests (it
+holds no per-request state). Per request it validates the encoder output, has
+the network project the cross-attention keys/values once (joined with the
+process-wide keys/values of the cached silence tail), then decodes greedily or
+with a beam, with a self-attention cache, language detection, token
+suppression and a token cap tied to the audio length.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 
 from . import scoring
 from .biasing import NameBoost
+from .decoder_net import CrossAttention, DecoderNet, SelfCache
 from .encoders.base import EncoderOutput
 from .model.loader import WhisperModel
-from .model.modules import N_CTX_AUDIO, TextDecoder
-from .model.quantize import row_int8_linears
-from .model.silence import PooledTail
+from .model.whisper_spec import N_CTX_AUDIO
 from .timestamps import TimestampRules
 
 _LOG = logging.getLogger(__name__)
@@ -97,29 +95,18 @@ class DecodeOptions:
 
 
 @dataclass
-class CrossAttention:
-    """Per-request cross-attention keys/values for every decoder layer, [1, H, S, hd] each.
-
-    S = 1500 for a full window; for a short one, this request's positions
-    followed by the pooled silence tail (see ``PooledTail``), with its bias.
-    """
-
-    kv: list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]  # keys, values, bias per layer
-
-
-@dataclass
 class DecodeResult:
     tokens: list[int]
     language: Optional[str]
     avg_logprob: float
     no_speech_prob: float
     prefix: list[int]
-    # [heads, rows, 1500] cross-attention of the alignment heads, rows = predictor positions
-    alignment_weights: Optional[torch.Tensor] = None
+    # [heads, rows, S] cross-attention of the alignment heads, rows = predictor positions
+    alignment_weights: Optional[np.ndarray] = None
     looped: bool = False  # decoding was stopped in a repetition loop (repeats trimmed)
-    # Greedy only: the self-attention keys/values of prefix + tokens, [L, 2, 1, H, T, hd] (a view
-    # of the search's cache), so that comparing readings (``compare``) does not feed them again.
-    self_kv: Optional[torch.Tensor] = None
+    # Greedy only: the search's cache and this result's row in it, which holds the keys/values
+    # of prefix + tokens, so that comparing readings (``compare``) does not feed them again.
+    self_cache: Optional[tuple[SelfCache, int]] = None
 
     @property
     def is_silence(self) -> bool:
@@ -131,32 +118,12 @@ class DecodeResult:
 
 
 class Decoder:
-    def __init__(self, model: WhisperModel, silence: torch.Tensor, *, device: torch.device | str = "cpu",
-                 int8_bits: int = 0, tail_chunk: int = 1, beam_like_ctranslate2: bool = True):
-        """``silence``: encoder output of an all-silence 30 s window, [1, 1500, d].
-        ``int8_bits``: the decoder's Linear layers on int8 weights with activations of this many
-        bits (``quantize.RowInt8Linear``; a model loaded so already is), 0: as loaded.
-        ``tail_chunk``: pool the silence tail's cross-attention keys in chunks of this many positions (1 = exact)."""
+    def __init__(self, model: WhisperModel, net: DecoderNet, *, beam_like_ctranslate2: bool = True):
         self.model = model
         self.tok = model.tokenizer
-        self.device = torch.device(device)
         self.width = model.dims.width
-        module = model.decoder
-        if int8_bits:
-            if self.device.type != "cpu":
-                raise ValueError("the int8 decoder runs on the CPU only")
-            # In place (the float decoder is only ever used through this object), with per-row
-            # activation scales: a request's tokens must not depend on what it is batched with.
-            module = row_int8_linears(module, bits=int8_bits)
-        elif self.device.type != "cpu":
-            module = module.to(self.device)
-        self.int8 = bool(int8_bits)
+        self.net = net
         self.beam_like_ctranslate2 = beam_like_ctranslate2
-        self.net: TextDecoder = module
-        self._check_silence(silence)
-        with torch.inference_mode():
-            self.silence_tails = [PooledTail(k.contiguous(), v.contiguous(), tail_chunk)
-                                  for k, v in self.net.project_cross(silence.to(self.device))]
         # the suppression masks [vocab], float32 numpy: added to the logits on the search's side
         n_vocab = model.dims.n_vocab
         mask = np.zeros(n_vocab, dtype=np.float32)
@@ -179,18 +146,13 @@ class Decoder:
         self.suppress_begin_ts = mask + begin
         self.language_ids = np.array([self.tok.languages[c] for c in self.tok.languages], dtype=np.int64)
         self.timestamp_rules = TimestampRules(self.tok.timestamp_begin, self.tok.eot, self.tok.no_timestamps)
-        self.alignment_layers = frozenset(layer for layer, _ in model.alignment_heads)
-
-    def _check_silence(self, silence: torch.Tensor) -> None:
-        if tuple(silence.shape) != (1, N_CTX_AUDIO, self.width):
-            raise DecoderInputError(f"silence encoding must be [1, {N_CTX_AUDIO}, {self.width}], got {tuple(silence.shape)}")
 
     # ------------------------------------------------------------------ input
     def validate(self, enc: EncoderOutput) -> None:
         x = enc.features
-        if not isinstance(x, torch.Tensor):
-            raise DecoderInputError(f"encoder output must be a torch tensor, got {type(x).__name__}")
-        if x.dim() != 3:
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            raise DecoderInputError(f"encoder output must be an array, got {type(x).__name__}")
+        if len(x.shape) != 3:
             raise DecoderInputError(f"encoder output must have rank 3 [1, positions, width], got shape {tuple(x.shape)}")
         if x.shape[0] != 1:
             raise DecoderInputError(f"encoder output must hold one utterance (batch 1), got batch {x.shape[0]}")
@@ -199,48 +161,21 @@ class Decoder:
                 f"encoder output width {x.shape[2]} does not match model {self.model.name} (width {self.width})")
         if not 1 <= x.shape[1] <= N_CTX_AUDIO:
             raise DecoderInputError(f"encoder output length {x.shape[1]} outside 1..{N_CTX_AUDIO} positions")
-        if not x.is_floating_point():
+        if "float" not in str(x.dtype):  # numpy's float32, torch's torch.float16 ...
             raise DecoderInputError(f"encoder output must be floating point, got {x.dtype}")
 
-    @torch.inference_mode()
     def prepare(self, enc: EncoderOutput) -> CrossAttention:
         """Validate, then project this request's cross-attention keys/values once."""
         self.validate(enc)
-        feats = enc.features
-        if feats.device != self.device:
-            feats = feats.to(self.device)
-        p = feats.shape[1]
-        kv = []
-        for (k, v), tail in zip(self.net.project_cross(feats), self.silence_tails):
-            bias = None
-            if enc.tail_cached and p < N_CTX_AUDIO:
-                tk, tv, tb = tail.from_position(p)
-                k = torch.cat((k, tk), dim=2)
-                v = torch.cat((v, tv), dim=2)
-                bias = torch.cat((torch.zeros(1, p, device=tb.device), tb), dim=1)
-            kv.append((k, v, bias))
-        return CrossAttention(kv=kv)
+        return self.net.cross(enc.features, enc.tail_cached)
 
     # --------------------------------------------------------------- decoding
-    def _logits(self, hidden: torch.Tensor) -> np.ndarray:
-        """The vocabulary projection of ``hidden`` [..., d]: float32 numpy [..., V], where the
-        search takes over (on the CPU a view of the torch output, no copy)."""
-        logits = self.net.proj(self.net.ln(hidden)).float()
-        return logits.numpy() if logits.device.type == "cpu" else logits.cpu().numpy()
-
-    @staticmethod
-    def _stack(crosses: list[CrossAttention]) -> list:
-        """Per layer, the keys/values of one request, or for several one (keys, values, bias)
-        per row: the decoder attends each row over its own audio (see ``DecoderBlock``)."""
-        if len(crosses) == 1:
-            return crosses[0].kv
-        return [[c.kv[layer] for c in crosses] for layer in range(len(crosses[0].kv))]
-
-    def _run_prefix(self, kv: list[tuple], opts: list[DecodeOptions], cache):
+    def _run_prefix(self, cross: CrossAttention, opts: list[DecodeOptions], cache: SelfCache):
         """Feed prompt + start-of-transcript sequence for a batch whose prompts are equally long.
 
         Returns per row (language, no_speech_prob, prefix), the logits at the
-        last prefix position [B, V] and the cross-attention weights. When a
+        last prefix position [B, V] and the alignment heads' weights per row (or
+        None). When a
         language must be detected, the prefix goes in two passes (up to sot,
         then the rest); otherwise in one.
         """
@@ -254,29 +189,28 @@ class Decoder:
                 _LOG.warning("language %r not known to model %s; detecting instead", lang, self.model.name)
                 lang = None
             languages.append(lang if tok.multilingual else "en")
-        weight_layers = self.alignment_layers if any(o.record_alignment for o in opts) else frozenset()
+        alignment = any(o.record_alignment for o in opts)
         n_head = len(heads[0])
         if any(lang is None for lang in languages):
-            hidden, _ = self.net(torch.tensor([h + [tok.sot] for h in heads], device=self.device), cache, kv)
-            sot_logits = self._logits(hidden[:, -1])
+            logits, _ = self.net.step([h + [tok.sot] for h in heads], cache, cross, [-1])
+            sot_logits = logits[:, 0]
             codes, probs = self._language_probs(sot_logits)
             languages = [lang or codes[i] for lang, i in zip(languages, probs.argmax(axis=-1).tolist())]
             rests = [self._sot(lang, o)[1:] for lang, o in zip(languages, opts)]
-            hidden, weights = self.net(torch.tensor(rests, device=self.device), cache, kv, weight_layers=weight_layers)
+            logits, weights = self.net.step(rests, cache, cross, [-1], alignment)
         else:
             seqs = [h + self._sot(lang, o) for h, lang, o in zip(heads, languages, opts)]
-            hidden, weights = self.net(torch.tensor(seqs, device=self.device), cache, kv, weight_layers=weight_layers)
-            sot_logits = self._logits(hidden[:, n_head])
+            logits, weights = self.net.step(seqs, cache, cross, [n_head, -1], alignment)
+            sot_logits = logits[:, 0]
         no_speech = scoring.softmax(sot_logits)[:, tok.no_speech].tolist()
         prefixes = [h + self._sot(lang, o) for h, lang, o in zip(heads, languages, opts)]
-        return languages, no_speech, prefixes, self._logits(hidden[:, -1]), weights
+        return languages, no_speech, prefixes, logits[:, -1], weights
 
-    @torch.inference_mode()
     def detect_language(self, cross: CrossAttention) -> tuple[str, float]:
         """(the likeliest language of the audio, its probability among the model's languages):
         the first step of decoding without a prompt, as ``_run_prefix`` detects."""
-        hidden, _ = self.net(torch.tensor([[self.tok.sot]], device=self.device), self.net.new_cache(1), cross.kv)
-        codes, probs = self._language_probs(self._logits(hidden[:, -1]))
+        logits, _ = self.net.step([[self.tok.sot]], self.net.new_cache(1), cross, [-1])
+        codes, probs = self._language_probs(logits[:, -1])
         best = int(probs[0].argmax())
         return codes[best], float(probs[0, best])
 
@@ -304,21 +238,15 @@ class Decoder:
             x = self.timestamp_rules.apply(x, sequences)
         return scoring.log_softmax(x)
 
-    def _head_rows(self, weights: dict, row: int = 0) -> torch.Tensor:
-        """[heads, n, S] for the alignment heads out of per-layer weights [B, H, n, S] (or per row)."""
-        return torch.stack([weights[layer][row][head] for layer, head in self.model.alignment_heads])
-
-    @torch.inference_mode()
     def decode(self, cross: CrossAttention, opts: DecodeOptions) -> DecodeResult:
         cache = self.net.new_cache(1)
-        started = (cache, self._run_prefix(cross.kv, [opts], cache))
+        started = (cache, self._run_prefix(cross, [opts], cache))
         language = started[1][0][0]
         beam = opts.beam_size if opts.beam_size_other is None or language == "en" else opts.beam_size_other
         if beam > 1:
             return self._beam(cross, opts, beam, started)
         return self._greedy([cross], [opts], started)[0]
 
-    @torch.inference_mode()
     def decode_batch(self, crosses: list[CrossAttention], opts: list[DecodeOptions]) -> list[DecodeResult]:
         """Greedy decoding of several requests in one batch: each step reads the weights once
         for all of them. Requests are grouped by prompt length (positions must line up)."""
@@ -334,14 +262,14 @@ class Decoder:
     def _greedy(self, crosses: list[CrossAttention], opts: list[DecodeOptions], started=None) -> list[DecodeResult]:
         """``started``: (cache, _run_prefix's answer) when the prefix was already fed."""
         batch = len(crosses)
-        kv = self._stack(crosses)
+        cross = self.net.join(crosses)
         if started is None:
             cache = self.net.new_cache(batch)
-            started = (cache, self._run_prefix(kv, opts, cache))
+            started = (cache, self._run_prefix(cross, opts, cache))
         cache, (languages, no_speech, prefixes, logits, w) = started
-        record = [o.record_alignment for o in opts]
-        rows = [[self._head_rows(w, b)[:, -1:]] if record[b] else [] for b in range(batch)]
-        weight_layers = self.alignment_layers if any(record) else frozenset()
+        # a network that cannot record a batch's weights leaves them to the alignment stage
+        record = [o.record_alignment and w is not None for o in opts]
+        rows = [[w[b][:, -1:]] if record[b] else [] for b in range(batch)]
         tokens: list[list[int]] = [[] for _ in range(batch)]
         looped = [False] * batch
         logprob_sum = [0.0] * batch
@@ -382,12 +310,11 @@ class Decoder:
                 break
             # finished rows keep stepping on a dummy token (their output is ignored): one
             # shape for the whole batch is cheaper than re-packing caches every time one ends
-            hidden, w = self.net(torch.tensor([[t] for t in last], device=self.device), cache, kv,
-                                 weight_layers=weight_layers)
-            logits = self._logits(hidden[:, -1])
+            step_logits, w = self.net.step([[t] for t in last], cache, cross, [-1], any(record))
+            logits = step_logits[:, -1]
             for b in range(batch):
                 if record[b] and active[b]:
-                    rows[b].append(self._head_rows(w, b))
+                    rows[b].append(w[b])
         return [
             DecodeResult(
                 tokens=tokens[b],
@@ -395,9 +322,9 @@ class Decoder:
                 avg_logprob=logprob_sum[b] / (len(tokens[b]) + 1),
                 no_speech_prob=no_speech[b],
                 prefix=prefixes[b],
-                alignment_weights=torch.cat(rows[b], dim=1) if record[b] else None,
+                alignment_weights=np.concatenate(rows[b], axis=1) if record[b] else None,
                 looped=looped[b],
-                self_kv=cache.kv[:, :, b:b + 1],
+                self_cache=(cache, b),
             )
             for b in range(batch)
         ]
@@ -412,7 +339,6 @@ class Decoder:
         includes end-of-text, so the search stops sooner."""
         cache, (languages, no_speeches, prefixes, logits, _) = started
         language, no_speech, prefix = languages[0], no_speeches[0], prefixes[0]
-        kv = [(k.expand(beam, -1, -1, -1), v.expand(beam, -1, -1, -1), b) for k, v, b in cross.kv]
         limit = min(opts.max_tokens, self.model.dims.n_text_ctx - len(prefix) - 1)
         eot = self.tok.eot
         seqs: list[list[int]] = [[]]
@@ -456,10 +382,8 @@ class Decoder:
             scores = np.array(new_scores, dtype=np.float32)
             model_scores = np.array(new_model, dtype=np.float32)
             # the prefix row is shared at first; from then on each beam keeps its own cache row
-            cache.reorder(torch.tensor(origins, device=self.device))
-            step_kv = kv if len(seqs) == beam else [(k[:len(seqs)], v[:len(seqs)], b) for k, v, b in kv]
-            hidden, _ = self.net(torch.tensor([[s[-1]] for s in seqs], device=self.device), cache, step_kv)
-            logits = self._logits(hidden[:, -1])
+            cache.reorder(origins)
+            logits = self.net.step([[s[-1]] for s in seqs], cache, cross, [-1])[0][:, -1]
         if not finished:
             finished = [(s / (max(len(q), 1) if like_ct2 else len(q) + 1), q, m)
                         for s, q, m in zip(scores.tolist(), seqs, model_scores.tolist())]
@@ -467,7 +391,6 @@ class Decoder:
         return DecodeResult(tokens=best[1], language=language, avg_logprob=best[2] / (len(best[1]) + 1),
                             no_speech_prob=no_speech, prefix=prefix)
 
-    @torch.inference_mode()
     def compare(self, cross: CrossAttention, prefix: list[int], original: list[int],
                 alternatives: list[list[int]], decoded: Optional[DecodeResult] = None) -> list[float]:
         """How much less (negative) or more likely each alternative token sequence is than
@@ -496,34 +419,33 @@ class Decoder:
         n = len(rows)
         # the last shared token predicts the first that may differ: it is fed (again) first
         start = len(prefix) + shared - 1
-        cache = self.net.new_cache(n, max_len=len(prefix) + length)
-        if decoded is not None and decoded.self_kv is not None and decoded.prefix == prefix \
+        max_len = len(prefix) + length
+        if decoded is not None and decoded.self_cache is not None and decoded.prefix == prefix \
                 and decoded.tokens[:shared] == original[:shared]:
-            cache.kv[:, :, :, :, :start] = decoded.self_kv[:, :, :, :, :start]
+            source, row = decoded.self_cache
         else:
-            one = self.net.new_cache(1, max_len=len(prefix) + length)
-            self.net(torch.tensor([prefix + original[:shared]], device=self.device), one, cross.kv)
-            cache.kv[:, :, :, :, :start] = one.kv[:, :, :, :, :start]
-        kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), b) for k, v, b in cross.kv]
-        cache.length = start
-        hidden, _ = self.net(torch.tensor([[(prefix + original)[start]] + r[shared:] for r in padded],
-                                          device=self.device)[:, :length - shared], cache, kv)
+            source, row = self.net.new_cache(1, max_len=max_len), 0
+            self.net.step([prefix + original[:shared]], source, cross, [-1])
+        cache = source.fork(row, start, n, max_len=max_len)
+        # only the positions some row scores are projected onto the vocabulary
+        lo = min(first for first, _ in [s for pair in spans for s in pair]) - shared
+        hi = max(end for _, end in [s for pair in spans for s in pair]) - shared
+        fed = [([(prefix + original)[start]] + r[shared:])[:length - shared] for r in padded]
+        logits, _ = self.net.step(fed, cache, cross, list(range(lo, hi)))
 
         def logprobs(row: int, first: int, end: int) -> float:
-            # hidden[:, i] predicts token shared + i of the row
+            # logits[:, i] predicts token shared + lo + i of the row
             want = padded[row][first:end]
-            logits = self._logits(hidden[row, first - shared:end - shared]) + self.suppress
-            return float(scoring.log_softmax(logits)[np.arange(len(want)), want].sum())
+            scores = logits[row, first - shared - lo:end - shared - lo] + self.suppress
+            return float(scoring.log_softmax(scores)[np.arange(len(want)), want].sum())
 
         return [logprobs(r + 1, *alt_span) - logprobs(0, *orig_span)
                 for r, (alt_span, orig_span) in enumerate(spans)]
 
-    @torch.inference_mode()
-    def alignment_pass(self, cross: CrossAttention, result: DecodeResult) -> torch.Tensor:
-        """Teacher-forced pass over prefix + text: alignment-head weights [heads, n+1, 1500]."""
+    def alignment_pass(self, cross: CrossAttention, result: DecodeResult) -> np.ndarray:
+        """Teacher-forced pass over prefix + text: alignment-head weights [heads, n+1, S]."""
         cache = self.net.new_cache(1)
-        seq = torch.tensor([result.prefix + result.tokens], device=self.device)
-        _, w = self.net(seq, cache, cross.kv, weight_layers=self.alignment_layers)
-        rows = self._head_rows(w)
+        _, w = self.net.step([result.prefix + result.tokens], cache, cross, [-1], alignment=True)
+        rows = w[0]
         start = len(result.prefix) - 1
         return rows[:, start:start + len(result.tokens) + 1]

@@ -13,11 +13,12 @@ import ctypes
 import gc
 import logging
 import math
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import numpy as np
 
@@ -25,13 +26,14 @@ from .audio import SAMPLE_RATE, AudioFormatError, to_16k
 from .biasing import choose, name_boost, readings
 from .config import Settings
 from .cost import CostMeter, EnergyStatus
-from .model.loader import WhisperModel, load_model
+from .model.loader import WhisperModel
 from .request import Job, Request, build_prompt
 from .result import Result, Timings
 
 if TYPE_CHECKING:
-    from .decoding import CrossAttention, DecodeResult
-    from .encoders import EncoderBackend, EncoderOutput
+    from .decoder_net import CrossAttention
+    from .decoding import DecodeResult
+    from .encoders.base import EncoderBackend, EncoderOutput
 
 _LOG = logging.getLogger(__name__)
 
@@ -40,25 +42,21 @@ _engine_modules_imported = False
 
 
 def import_engine_modules() -> None:
-    """torch, scipy and the model code, imported by the first Engine rather than with this
-    module: the server imports this module, opens its port and answers describe while they
-    load in the background (lifetime.py), ~1.2 s earlier. Every name the engine uses from
-    them is bound here, once; import new heavy dependencies of the engine here too (a
-    test, test_startup_imports, checks that the server's modules import no torch)."""
-    global _engine_modules_imported, torch, align, DecodeOptions, Decoder, max_tokens_for, select_backend, \
-        FRAMES_PER_SECOND, N_FRAMES_30S, log_mel, SilenceContext, SilenceEncoding, cached_silence, \
-        decode_windows, is_long
+    """The engine's modules (the search, mel, alignment, long audio; numpy, scipy), imported
+    by the first Engine rather than with this module: the server imports this module, opens
+    its port and answers describe while they load in the background (lifetime.py). Every
+    name the engine uses from them is bound here, once. torch is not among them: only the
+    torch runtime imports it (``model/torch_runtime.py``), and a test
+    (test_startup_imports) checks that the CPU server never does."""
+    global _engine_modules_imported, align, DecodeOptions, Decoder, max_tokens_for, \
+        FRAMES_PER_SECOND, N_FRAMES_30S, log_mel, decode_windows, is_long, runtime_for
     with _ENGINE_MODULES:
         if _engine_modules_imported:
             return
-        import torch
-
         from . import align
         from .decoding import DecodeOptions, Decoder, max_tokens_for
-        from .encoders import select_backend
         from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
-        from .model.silence import SilenceContext
-        from .model.silence_cache import SilenceEncoding, cached_silence
+        from .runtime_choice import runtime_for
         from .windows import decode_windows, is_long
         _engine_modules_imported = True
 
@@ -79,7 +77,8 @@ class LoadedModel:
     model: WhisperModel
     backend: EncoderBackend
     decoder: Decoder
-    context: Optional[SilenceContext]  # pooled silence keys the short window's encoder attends to
+    context: Any  # the backend's pooled silence keys the short window's encoder attends to, or None
+    runtime: str = "torch"  # "onnx" or "torch" (runtime_choice.py)
 
 
 def return_freed_memory() -> None:
@@ -90,25 +89,6 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
-
-
-def _decoder_on_cpu(settings: Settings) -> bool:
-    """Whether the decoder will run on the CPU, known before the backend is chosen (CUDA
-    keeps it on the GPU): then it is quantised while the model loads."""
-    if settings.encoder_backend == "cuda":
-        return False
-    return settings.encoder_backend != "auto" or not torch.cuda.is_available()
-
-
-def _backend_key(backend: EncoderBackend, settings: Settings) -> str:
-    """What the silence encoding depends on besides the weights: the backend and its precision."""
-    if backend.name == "npu":
-        precision = settings.npu_precision
-    elif backend.name == "cpu":
-        precision = "int8" if settings.int8_encoder else "f32"
-    else:
-        precision = "f16"
-    return f"{backend.name}-{precision}-torch{torch.__version__}"
 
 
 @contextmanager
@@ -130,6 +110,8 @@ class Engine:
         self.meter = meter if meter is not None else CostMeter()
         self.default_model = next(iter(models))
         self.threads = settings.torch_threads()
+        # torch's thread count is per calling thread: set by run() on a scheduler worker
+        self._torch = sys.modules["torch"] if any(m.runtime == "torch" for m in models.values()) else None
         # Safe to run from several threads at once (the scheduler's --workers): the weights
         # are read-only and every request's caches are its own; the NPU backend serialises
         # its device itself.
@@ -142,8 +124,7 @@ class Engine:
         t0 = time.perf_counter()
         if not _engine_modules_imported:
             import_engine_modules()
-            _LOG.info("torch and the engine's modules imported in %.0f ms", (time.perf_counter() - t0) * 1000)
-        torch.set_num_threads(settings.torch_threads())
+            _LOG.info("the engine's modules imported in %.0f ms", (time.perf_counter() - t0) * 1000)
         models: dict[str, LoadedModel] = {}
         for name in settings.model_names():
             t0 = time.perf_counter()
@@ -155,33 +136,19 @@ class Engine:
 
     @staticmethod
     def _load_one(name: str, settings: Settings) -> LoadedModel:
-        t0 = time.perf_counter()
-        int8_bits = settings.int8_decoder_bits if settings.int8_decoder and _decoder_on_cpu(settings) else 0
-        model = load_model(name, int8_bits=int8_bits, cache_dir=settings.silence_cache_dir())
-        t1 = time.perf_counter()
-        backend = select_backend(model.encoder, settings)
-        t2 = time.perf_counter()
-        chunk = settings.silence_chunk or 1
-
-        def compute() -> SilenceEncoding:
-            silent_mel = log_mel(np.zeros(0, dtype=np.float32), model.dims.n_mels, n_frames=N_FRAMES_30S)
-            features, context = backend.silence(silent_mel[None], chunk)
-            return SilenceEncoding(features, [(layer.k, layer.v) for layer in context.layers])
-
-        silence = cached_silence(settings.silence_cache_dir(), model.name, model.files,
-                                 _backend_key(backend, settings), compute)
-        t3 = time.perf_counter()
-        device = backend.decoder_device
-        context = SilenceContext([(k.to(device), v.to(device)) for k, v in silence.kv], chunk)
-        decoder = Decoder(model, silence.features.to(device), device=device,
-                          int8_bits=settings.int8_decoder_bits if settings.int8_decoder and device.type == "cpu" else 0,
-                          tail_chunk=settings.decoder_tail_chunk,
-                          beam_like_ctranslate2=settings.beam_like_ctranslate2)
-        _LOG.info("model %s load phases: weights %.0f ms, encoder backend %.0f ms, silence encoding %.0f ms, "
-                  "decoder set-up %.0f ms", model.name, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000,
-                  (time.perf_counter() - t3) * 1000)
+        runtime = runtime_for(settings)
+        if runtime == "onnx":
+            from .onnx_runtime.load import load_onnx
+            loaded = load_onnx(name, cache_dir=settings.silence_cache_dir(), threads=settings.torch_threads(),
+                               int8_decoder=settings.int8_decoder, silence_chunk=settings.silence_chunk,
+                               tail_chunk=settings.decoder_tail_chunk)
+            model, backend, net, context = loaded.model, loaded.backend, loaded.net, loaded.context
+        else:
+            from .model.torch_runtime import load_torch
+            model, backend, net, context = load_torch(name, settings)
+        decoder = Decoder(model, net, beam_like_ctranslate2=settings.beam_like_ctranslate2)
         return LoadedModel(model=model, backend=backend, decoder=decoder,
-                           context=context if settings.silence_chunk else None)
+                           context=context if settings.silence_chunk else None, runtime=runtime)
 
     def close(self) -> None:
         for m in self.models.values():
@@ -232,8 +199,8 @@ class Engine:
         share one batched decode, whose wall time each of them reports as its
         decoder time. A bad job fails alone."""
         start = time.perf_counter()
-        if torch.get_num_threads() != self.threads:  # per calling thread (a scheduler worker)
-            torch.set_num_threads(self.threads)
+        if self._torch is not None and self._torch.get_num_threads() != self.threads:
+            self._torch.set_num_threads(self.threads)
         work: list[Union[_Work, TranscriptionError]] = []
         for job in jobs:
             try:

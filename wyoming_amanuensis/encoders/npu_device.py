@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from ..config import NPU_PRECISIONS, Settings
+from ..runtime_choice import DEVICE_NODE_DIR
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ GROUP_INSTR, GROUP_A, GROUP_B, GROUP_C = 1, 3, 4, 5  # kernel argument indices
 XCLBIN_FILE = "final.xclbin"
 INSTS_FILES = ("insts.bin", "insts.txt")  # binary little-endian u32, or one hex word per line
 META_FILE = "kernel.json"  # written by npu/Makefile: the tile shape the xclbin was built for
-DEVICE_NODE_DIR = Path("/dev/accel")  # amdxdna's DRM accel nodes (accel0, ...)
 XRT_PYTHON_DIRS = (Path("/opt/xilinx/xrt/python"),)
 # Where the kernel build is looked for when Settings.npu_kernel_dir is empty.
 DEFAULT_KERNEL_DIRS = (Path(__file__).resolve().parents[2] / "npu" / "build", Path("/usr/share/amanuensis/npu"))
