@@ -126,14 +126,28 @@ def _write_manifest(folder: Path, key: str, int8: bool, dims: Dims, heads, secon
     return Built(folder, dims, [tuple(h) for h in heads], int8)
 
 
-def _build_into(folder: Path, key: str, int8: bool, build: Builder) -> Built:
+def _build_into(folder: Path, key: str, int8: bool, build: Builder, final: Optional[Path] = None) -> Built:
+    """Build into ``folder`` (``final``: where it will be renamed to, for the log line)."""
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     dims, heads = build(folder)
     seconds = time.perf_counter() - t0
     built = _write_manifest(folder, key, int8, dims, heads, seconds)
-    _LOG.info("%s: built %s in %.1f s", LABEL, folder, seconds)
+    _LOG.info("%s: built %s in %.1f s", LABEL, final or folder, seconds)
     return built
+
+
+STALE_BUILD_S = 3600  # a temporary build folder this old belongs to a process that died mid-build
+
+
+def _sweep(cache_dir: Path, fname: str) -> None:
+    """Remove what crashed builds left: temporary folders of this model older than an hour."""
+    now = time.time()
+    for path in cache_dir.glob(f"{fname}.*"):
+        with contextlib.suppress(OSError):
+            if path.name.endswith(".building") or ".old-" in path.name:
+                if now - path.stat().st_mtime > STALE_BUILD_S:
+                    _remove(path)
 
 
 _PROCESS_TMP: list[Path] = []
@@ -200,13 +214,15 @@ def load_or_build(cache_dir: Optional[Path], name: str, files: Sequence[Path], i
         _LOG.warning("%s: %s is %s; rebuilding it", LABEL, folder, why)
     try:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        _sweep(Path(cache_dir), fname)
         tmp = Path(tempfile.mkdtemp(prefix=f"{fname}.", suffix=".building", dir=cache_dir))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the build from another user's server
     except OSError as err:
         _LOG.warning("%s: cannot write in %s (%s); building into a temporary directory for this process "
                      "(built again at the next start)", LABEL, cache_dir, err)
         return _build_into(_process_tmp() / fname, key, int8, build)
     try:
-        built = _build_into(tmp, key, int8, build)
+        built = _build_into(tmp, key, int8, build, final=folder)
         try:
             other = _install(tmp, folder, key)
         except OSError as err:
