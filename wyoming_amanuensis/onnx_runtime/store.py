@@ -163,6 +163,12 @@ def _process_tmp() -> Path:
     return _PROCESS_TMP[0]
 
 
+def _private_folder(fname: str) -> Path:
+    """A fresh folder in the process's temporary directory (each load its own: a second build
+    must not rewrite files that an earlier load's sessions and silence reads still use)."""
+    return Path(tempfile.mkdtemp(prefix=f"{fname}.", dir=_process_tmp()))
+
+
 def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -196,12 +202,12 @@ def load_or_build(cache_dir: Optional[Path], name: str, files: Sequence[Path], i
     process."""
     fname = folder_name(name, int8)
     if cache_dir is None:
-        return _build_into(_process_tmp() / fname, "", int8, build)
+        return _build_into(_private_folder(fname), "", int8, build)
     try:
         key = build_key(files, int8)
     except OSError as err:
         _LOG.warning("%s: cannot fingerprint the model files (%s); building without the cache", LABEL, err)
-        return _build_into(_process_tmp() / fname, "", int8, build)
+        return _build_into(_private_folder(fname), "", int8, build)
     folder = Path(cache_dir) / fname
     t0 = time.perf_counter()
     built, why = read_built(folder, key)
@@ -220,9 +226,15 @@ def load_or_build(cache_dir: Optional[Path], name: str, files: Sequence[Path], i
     except OSError as err:
         _LOG.warning("%s: cannot write in %s (%s); building into a temporary directory for this process "
                      "(built again at the next start)", LABEL, cache_dir, err)
-        return _build_into(_process_tmp() / fname, key, int8, build)
+        return _build_into(_private_folder(fname), key, int8, build)
     try:
-        built = _build_into(tmp, key, int8, build, final=folder)
+        try:
+            built = _build_into(tmp, key, int8, build, final=folder)
+        except OSError as err:  # the cache's disk (full, gone): not worth a failed start
+            _LOG.warning("%s: cannot build in %s (%s); building into a temporary directory for this process",
+                         LABEL, cache_dir, err)
+            _remove(tmp)
+            return _build_into(_private_folder(fname), key, int8, build)
         try:
             other = _install(tmp, folder, key)
         except OSError as err:
