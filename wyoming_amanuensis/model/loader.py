@@ -20,8 +20,9 @@ from .ct2 import ModelFileError, read_model_bin
 
 if TYPE_CHECKING:  # torch and the tokenizer are imported by load_model: ``locate`` (what describe
     # needs) must not wait for them, the server answers describe before they have loaded
-    from .modules import AudioEncoder, Dims, TextDecoder
+    from .modules import AudioEncoder, TextDecoder
     from .tokenizer import WhisperTokenizer
+    from .whisper_spec import Dims
 
 _LOG = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ class WhisperModel:
     name: str
     path: str
     dims: Dims
-    encoder: AudioEncoder
-    decoder: TextDecoder
+    # The torch runtime's networks; None on the ONNX runtime, whose sessions live outside the
+    # model (onnx_runtime/load.py) and which must not import torch to describe them.
+    encoder: Optional[AudioEncoder]
+    decoder: Optional[TextDecoder]
     tokenizer: WhisperTokenizer
     alignment_heads: list[tuple[int, int]]
     suppress_ids: list[int]
@@ -127,6 +130,54 @@ def resolve(name_or_path: str) -> tuple[str, Path, Optional[bytes]]:
     return name, directory, bytes(_read_parts(parts)) if len(parts) > 1 else None
 
 
+def read_config(directory: Path) -> dict:
+    """config.json of a model directory ({} when there is none)."""
+    config_path = directory / "config.json"
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{config_path}: cannot read model config: {err}") from None
+
+
+def tokenizer_path(directory: Path) -> Path:
+    tok_path = directory / "tokenizer.json"
+    if not tok_path.is_file():
+        raise ModelNotFoundError(f"{directory}: tokenizer.json is missing")
+    return tok_path
+
+
+def assemble_model(name: str, directory: Path, parts: list[Path], dims: Dims, config: dict, bpe,
+                   encoder: Optional[AudioEncoder] = None, decoder: Optional[TextDecoder] = None) -> WhisperModel:
+    """A WhisperModel from the directory's config.json (already read), its tokenizer's BPE
+    (``tokenizer.load_bpe``) and the model's Dims; torch-free (the networks are given, or None)."""
+    from .tokenizer import WhisperTokenizer
+
+    tokenizer = WhisperTokenizer.from_bpe(bpe, tokenizer_path(directory), config.get("lang_ids") or [], dims.n_vocab)
+    heads = _alignment_heads(config, dims, directory / "config.json")
+    return WhisperModel(
+        name=name,
+        path=str(directory),
+        dims=dims,
+        encoder=encoder,
+        decoder=decoder,
+        tokenizer=tokenizer,
+        alignment_heads=heads,
+        suppress_ids=list(config.get("suppress_ids") or []),
+        suppress_ids_begin=list(config.get("suppress_ids_begin") or [tokenizer.eot]),
+        files=tuple(parts),
+    )
+
+
+def model_without_networks(name: str, directory: Path, parts: list[Path], dims: Dims) -> WhisperModel:
+    """The model's tokenizer, alignment heads, suppression ids and files for these Dims, with
+    ``encoder=None, decoder=None``: what the ONNX runtime needs, read without torch and without
+    model.bin (its dims come from the built graphs' manifest)."""
+    from .tokenizer import load_bpe
+
+    config = read_config(directory)
+    return assemble_model(name, directory, parts, dims, config, load_bpe(tokenizer_path(directory)))
+
+
 def load_model(name_or_path: str, int8_bits: int = 0, cache_dir: Optional[Path] = None) -> WhisperModel:
     """``int8_bits``: quantise the decoder while loading, with activations of this many bits
     (7 or 8, ``quantize.RowInt8Linear``; 8 becomes 7 where this CPU cannot run it); 0: float.
@@ -135,17 +186,13 @@ def load_model(name_or_path: str, int8_bits: int = 0, cache_dir: Optional[Path] 
     from .ct2_whisper import build_modules
     from .prepared import cached_modules
     from .quantize import int8_activation_bits
-    from .tokenizer import WhisperTokenizer, load_bpe
+    from .tokenizer import load_bpe
 
     t0 = time.perf_counter()
     int8_bits = int8_activation_bits(int8_bits) if int8_bits else 0
     name, directory, parts = locate(name_or_path)
     model_bin = str(directory / "model.bin") if len(parts) == 1 else f"{directory}/model.bin.part1+part2"
-    config_path = directory / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{config_path}: cannot read model config: {err}") from None
+    config = read_config(directory)
 
     def build() -> tuple[Dims, AudioEncoder, TextDecoder]:
         t1 = time.perf_counter()
@@ -157,9 +204,7 @@ def load_model(name_or_path: str, int8_bits: int = 0, cache_dir: Optional[Path] 
                   " and quantised" if int8_bits else "", (time.perf_counter() - t2) * 1000)
         return built
 
-    tok_path = directory / "tokenizer.json"
-    if not tok_path.is_file():
-        raise ModelNotFoundError(f"{directory}: tokenizer.json is missing")
+    tok_path = tokenizer_path(directory)
     # The tokenizer is built beside the weights: its ~0.2 s hold the GIL, while reading and
     # checking the prepared model and packing its int8 weights mostly release it.
     bpe: list = []
@@ -178,21 +223,9 @@ def load_model(name_or_path: str, int8_bits: int = 0, cache_dir: Optional[Path] 
     t_modules = time.perf_counter()
     if isinstance(bpe[0], BaseException):
         raise bpe[0]
-    tokenizer = WhisperTokenizer.from_bpe(bpe[0], tok_path, config.get("lang_ids") or [], dims.n_vocab)
-    heads = _alignment_heads(config, dims, config_path)
+    model = assemble_model(name, directory, parts, dims, config, bpe[0], encoder, decoder)
     _LOG.info("loaded model %s from %s in %.0f ms (the tokenizer beside it), then %.0f ms (width %d, %d+%d layers, "
               "%d mel bins, vocab %d, %d languages)", name, directory, (t_modules - t0) * 1000,
               (time.perf_counter() - t_modules) * 1000, dims.width, dims.enc_layers, dims.dec_layers, dims.n_mels,
-              dims.n_vocab, len(tokenizer.languages))
-    return WhisperModel(
-        name=name,
-        path=str(directory),
-        dims=dims,
-        encoder=encoder,
-        decoder=decoder,
-        tokenizer=tokenizer,
-        alignment_heads=heads,
-        suppress_ids=list(config.get("suppress_ids") or []),
-        suppress_ids_begin=list(config.get("suppress_ids_begin") or [tokenizer.eot]),
-        files=tuple(parts),
-    )
+              dims.n_vocab, len(model.tokenizer.languages))
+    return model

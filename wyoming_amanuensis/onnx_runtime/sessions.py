@@ -1,0 +1,30 @@
+"""The one way this runtime opens an ONNX Runtime session on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import onnxruntime as ort
+
+
+def cpu_session(model: Union[str, Path, bytes], threads: int) -> ort.InferenceSession:
+    """The prototype's measured product set-up ("ext-nopat+flash+pread"):
+
+    - ``threads`` intra-op threads, sequential execution (one request's graph at a time; the
+      server runs requests on its own threads);
+    - memory pattern off: it plans one block per input shape, and every request has its own
+      window length, so it only grew the memory;
+    - CPU arena on (reused buffers between steps);
+    - weights prepacked (ORT's default: the matmul kernels' layout, built once at load; the
+      external .weights file is mapped, not copied).
+    """
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.enable_mem_pattern = False
+    so.enable_cpu_mem_arena = True
+    so.log_severity_level = 3  # ORT's own warnings (unused initializers etc.) are not the user's business
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=["CPUExecutionProvider"])
