@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from wyoming_amanuensis.config import settings_from
-from wyoming_amanuensis.encoders import TorchEncoderBackend
+from wyoming_amanuensis.encoders.torch_backend import TorchEncoderBackend
 from wyoming_amanuensis.encoders.npu import NpuEncoderBackend
 from wyoming_amanuensis.encoders.npu_device import (PRECISIONS, NpuDevice, find_device_node, find_kernel_files,
                                                     import_pyxrt)

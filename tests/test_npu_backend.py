@@ -27,8 +27,8 @@ from benchmarks.corpus import CORPUS_DIR  # noqa: E402
 
 from wyoming_amanuensis.audio import to_16k  # noqa: E402
 from wyoming_amanuensis.config import settings_from  # noqa: E402
-from wyoming_amanuensis.encoders import (BackendUnavailable, EncoderBackend, TorchEncoderBackend, npu_device,  # noqa: E402
-                                         select_backend)
+from wyoming_amanuensis.encoders import BackendUnavailable, EncoderBackend, npu_device, select_backend  # noqa: E402
+from wyoming_amanuensis.encoders.torch_backend import TorchEncoderBackend  # noqa: E402
 from wyoming_amanuensis.encoders.npu import MAX_CONSECUTIVE_FAILURES, NpuEncoderBackend  # noqa: E402
 from wyoming_amanuensis.encoders.npu_device import NpuDevice, find_kernel_files, to_bf16_bits  # noqa: E402
 from wyoming_amanuensis.mel import log_mel  # noqa: E402

@@ -7,17 +7,20 @@ CUDA, then the CPU, and logs why each one it skips was skipped.
 from __future__ import annotations
 
 import logging
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..model.modules import AudioEncoder
 from .base import EncoderBackend, EncoderOutput
-from .torch_backend import TorchEncoderBackend
+
+if TYPE_CHECKING:
+    from ..model.modules import AudioEncoder
+
+# torch and the torch backends are imported where a torch backend is made, not with this
+# package: the ONNX runtime's encoder shares base.py and must not pull them in.
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ["EncoderBackend", "EncoderOutput", "TorchEncoderBackend", "select_backend", "BackendUnavailable"]
+__all__ = ["EncoderBackend", "EncoderOutput", "select_backend", "BackendUnavailable"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -33,12 +36,16 @@ def _try_npu(encoder: AudioEncoder, settings: Settings) -> EncoderBackend:
 
 
 def _try_cuda(encoder: AudioEncoder) -> EncoderBackend:
+    import torch
+
+    from .torch_backend import TorchEncoderBackend
     if not torch.cuda.is_available():
         raise BackendUnavailable("no CUDA device visible to torch")
     return TorchEncoderBackend(encoder, "cuda")
 
 
 def select_backend(encoder: AudioEncoder, settings: Settings) -> EncoderBackend:
+    from .torch_backend import TorchEncoderBackend
     choice = settings.encoder_backend
     if choice == "cpu":
         return TorchEncoderBackend(encoder, "cpu", int8=settings.int8_encoder)

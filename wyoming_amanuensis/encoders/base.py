@@ -1,4 +1,5 @@
-"""The encoder backend interface: mel in, encoder states out."""
+"""The encoder backend interface: mel in, encoder states out. Torch-free: the ONNX runtime's
+backend (``onnx_runtime/encoder.py``) speaks it too."""
 
 from __future__ import annotations
 
@@ -6,9 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
-import torch
-
-from ..model.silence import SilenceContext
 
 
 @dataclass
@@ -30,17 +28,14 @@ class EncoderOutput:
 
 @runtime_checkable
 class EncoderBackend(Protocol):
+    """What the pipeline asks of an encoder. The torch backends (CPU, CUDA, NPU) also answer
+    ``decoder_device`` and ``silence(silent_mel, chunk)``, which their loader
+    (``model/torch_runtime.py``) uses at start-up; the ONNX runtime's computes its silence
+    when its graphs are built."""
+
     name: str  # "cpu", "cuda" or "npu"
 
-    @property
-    def decoder_device(self) -> torch.device:
-        """Where the decoder should run to consume this backend's output without a copy."""
-
-    def silence(self, silent_mel: np.ndarray, chunk: int) -> tuple[torch.Tensor, SilenceContext]:
-        """Once at start-up: the encoder output of the all-silence window [1, 1500, d] (on
-        ``decoder_device``) and each layer's pooled silence keys/values for short windows."""
-
-    def encode(self, mel: np.ndarray, context: Optional[SilenceContext] = None) -> EncoderOutput:
+    def encode(self, mel: np.ndarray, context: Optional[Any] = None) -> EncoderOutput:
         """[1, n_mels, T] log-mel -> EncoderOutput with features [1, T/2, d] (tail_cached False).
 
         With ``context`` and T < 3000, every layer also attends to the pooled silence keys.

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
+from ..encoders.base import EncoderOutput
 from ..model.whisper_spec import N_CTX_AUDIO, Dims
 from .silence import SilenceContext
-
-
-@dataclass
-class EncoderOutput:
-    """``encoders.base.EncoderOutput``'s fields, defined here because that module imports torch
-    (for its protocol's annotations) and this runtime must not: the pipeline reads the fields,
-    never the class. Once encoders/base.py is torch-free this becomes an import of it."""
-
-    features: Any
-    tail_cached: bool
-    backend: str
-    npu_ms: float = 0.0
-    fallback: bool = False
 
 
 class OnnxEncoderBackend:
