@@ -9,9 +9,10 @@ serves a burst as Wyoming clients over TCP: ``--clips`` corpus commands sent by
 load, as Home Assistant's first command after a restart would). Measured from
 /proc/PID/status: the peak resident set over load and burst (VmHWM) and the resident
 set ``--settle-s`` seconds after the burst (VmRSS: what the server holds between
-commands). Amanuensis starts with its silence-encoding disk cache filled (one start
+commands). Amanuensis starts with its disk cache filled (graphs, prepared model, silence encoding) (one start
 beforehand, as every start after the first); a third row runs it with
-``--unload-after-s`` and reads its resident set once it has unloaded. Medians over
+``--unload-after-s`` and reads its resident set once it has unloaded, a fourth on the torch
+CPU runtime (``--cpu-runtime torch``, the engine before ONNX Runtime). Medians over
 --repeat rounds, interleaved; ratios against wyoming-faster-whisper from the same run.
 """
 
@@ -30,6 +31,7 @@ from benchmarks.server_runs import launch, memory_mib, transcribe, wait_describe
 
 FW = "wyoming-faster-whisper"
 UNLOADED = "amanuensis --unload-after-s 2 (after unloading)"
+TORCH = "amanuensis --cpu-runtime torch"
 
 
 def one_run(system: str, args: argparse.Namespace, model_dir: Path, tmp: Path, tag: str, extra: tuple = ()) -> dict:
@@ -61,17 +63,20 @@ def main() -> None:
     ap.add_argument("--settle-s", type=float, default=2.0)
     args = ap.parse_args()
 
-    runs: dict[str, list[dict]] = {"amanuensis": [], FW: [], UNLOADED: []}
+    runs: dict[str, list[dict]] = {"amanuensis": [], FW: [], UNLOADED: [], TORCH: []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = materialise_model("base", tmp / "whisper-base-ct2")
         cache = ("--cache-dir", str(tmp / "cache"))
+        torch = cache + ("--cpu-runtime", "torch")
         one_run("amanuensis", args, model_dir, tmp, "prime-cache", cache)
+        one_run("amanuensis", args, model_dir, tmp, "prime-cache-torch", torch)
         for r in range(args.repeat):  # interleaved, a fresh process each time
             runs["amanuensis"].append(one_run("amanuensis", args, model_dir, tmp, f"a-{r}", cache))
             runs[FW].append(one_run(FW, args, model_dir, tmp, f"fw-{r}"))
             runs[UNLOADED].append(one_run("amanuensis", args, model_dir, tmp, f"u-{r}",
                                           cache + ("--unload-after-s", "2")))
+            runs[TORCH].append(one_run("amanuensis", args, model_dir, tmp, f"t-{r}", torch))
             print(f"round {r + 1}: " + ", ".join(f"{k}: peak {v[-1]['peak']:.0f}, steady {v[-1]['steady']:.0f} MiB"
                                                 for k, v in runs.items()), flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("peak", "steady")} for k, v in runs.items()}

@@ -7,8 +7,9 @@ fresh server process; and what reloading after an idle unload costs Amanuensis.
 For each round and system: launch the real server process, poll ``describe`` every 20 ms
 until it answers, then send one corpus command as a Wyoming client and time its
 transcript. Amanuensis runs twice per round: with an empty ``--cache-dir`` (the first
-start after installing, the silence encoding computed and saved) and with the cache
-that start left (every later start). The reload row: a server with
+start after installing: the ONNX graphs written and the silence encoded and saved) and
+with the cache that start left (every later start); a third row is a later start on the torch
+CPU runtime (``--cpu-runtime torch``, the engine before ONNX Runtime). The reload row: a server with
 ``--unload-after-s 1`` transcribes, waits until it has unloaded, and times the next
 request against one on the loaded server. Medians; ratios against
 wyoming-faster-whisper measured in the same run.
@@ -70,7 +71,8 @@ def main() -> None:
     args = ap.parse_args()
 
     rows: dict[str, list[dict]] = {"wyoming-faster-whisper": [], "amanuensis, first start (empty cache)": [],
-                                   "amanuensis, later starts (disk cache)": []}
+                                   "amanuensis, later starts (disk cache)": [],
+                                   "amanuensis --cpu-runtime torch, later starts (disk cache)": []}
     reloads = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -85,6 +87,11 @@ def main() -> None:
             rows["amanuensis, later starts (disk cache)"].append(
                 start_once("amanuensis", args.threads, model_dir, tmp / "data", tmp / f"a-warm-{r}.log",
                            ("--cache-dir", str(cache))))
+            torch = ("--cache-dir", str(tmp / "cache-torch"), "--cpu-runtime", "torch")
+            if r == 0:  # its prepared model and silence encoding, as a later start finds them
+                start_once("amanuensis", args.threads, model_dir, tmp / "data", tmp / "t-prime.log", torch)
+            rows["amanuensis --cpu-runtime torch, later starts (disk cache)"].append(
+                start_once("amanuensis", args.threads, model_dir, tmp / "data", tmp / f"t-warm-{r}.log", torch))
             reloads.append(reload_cost(args.threads, model_dir, tmp / "data", tmp / f"a-reload-{r}.log", cache))
             print(f"round {r + 1}: " + ", ".join(f"{k}: {v[-1]['first_s']:.2f} s" for k, v in rows.items()), flush=True)
 

@@ -41,7 +41,7 @@ def test_beam_search_reads_what_ctranslate2_reads(decoders, name):
     mel = log_mel(to_16k(*clip.read())[0], loaded.model.dims.n_mels, n_frames=N_FRAMES_30S)[None]
     enc = loaded.backend.encode(mel, None)
     suppress = sorted(set(loaded.model.suppress_ids) | set(range(tok.eot + 1, loaded.model.dims.n_vocab)))
-    features = ctranslate2.StorageView.from_array(np.ascontiguousarray(enc.features.numpy()))
+    features = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(enc.features)))
     reference = theirs.generate(features, [tok.sot_sequence("es")], beam_size=5, suppress_tokens=suppress,
                                 suppress_blank=True)[0].sequences_ids[0]
     cross = decoder.prepare(enc)
