@@ -4,8 +4,10 @@ imports torch (nor onnx once built)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,9 @@ from tests.fake_ct2_whisper import SHAPES, _scalars, random_variables, serialize
 from wyoming_amanuensis.audio import SAMPLE_RATE, to_16k
 from wyoming_amanuensis.mel import N_FRAMES_30S, log_mel
 from wyoming_amanuensis.model.ct2 import ModelFileError
+from wyoming_amanuensis.onnx_runtime import build, store
 from wyoming_amanuensis.onnx_runtime.load import load_onnx
+from wyoming_amanuensis.onnx_runtime.sessions import cpu_session
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_NAMES = ("lamp_44k_stereo", "jfk")  # plus one more short command, picked below
@@ -135,6 +139,121 @@ def test_two_processes_building_at_once(tmp_path):
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["onnx-tiny-int8"]
     _runs(load_onnx(str(model), cache_dir=tmp_path / "cache", **OPTS))
+
+
+def test_changed_cpu_fingerprint_rebuilds(tmp_path, caplog, monkeypatch):
+    """A cache folder moved to another CPU is stale: its int8 graphs are rebuilt with a fresh
+    probe of the activation bits, which the manifest records. float32 graphs run anywhere."""
+    model = _fake(tmp_path)
+    for int8 in (True, False):
+        load_onnx(str(model), cache_dir=tmp_path / "cache", **{**OPTS, "int8_decoder": int8})
+    meta = json.loads((tmp_path / "cache" / "onnx-tiny-int8" / store.MANIFEST).read_text())
+    assert meta["bits"] == build.activation_bits() and meta["format"] == store.FORMAT
+    assert json.loads((tmp_path / "cache" / "onnx-tiny-f32" / store.MANIFEST).read_text())["bits"] is None
+    monkeypatch.setattr(store, "cpu_fingerprint", lambda: "another cpu")
+    caplog.set_level(logging.INFO, logger="wyoming_amanuensis.onnx_runtime")
+    _runs(load_onnx(str(model), cache_dir=tmp_path / "cache", **OPTS))
+    assert "stale" in caplog.text and "another CPU" in caplog.text and "built" in caplog.text
+    caplog.clear()
+    load_onnx(str(model), cache_dir=tmp_path / "cache", **{**OPTS, "int8_decoder": False})
+    load_onnx(str(model), cache_dir=tmp_path / "cache", **OPTS)
+    assert "built" not in caplog.text and "WARNING" not in caplog.text
+
+
+def test_cpu_fingerprint_is_stable():
+    first = store.cpu_fingerprint()
+    assert first == store.cpu_fingerprint()
+    assert first == "" or re.fullmatch(r"[0-9a-f]{16}", first)
+
+
+# --- the int8 linears' activation bits ----------------------------------------------------------
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    m = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
+def test_activation_probe_answers_this_cpu():
+    bits = build.activation_bits()
+    assert bits in (7, 8)
+    if "avx512_vnni" in _cpu_flags():  # VPDPBUSD adds in int32: exact at 8 bits
+        assert bits == 8
+        try:
+            from wyoming_amanuensis.model.quantize import int8_activation_bits
+        except ImportError:  # no torch
+            return
+        assert int8_activation_bits(8) == bits  # the same question, asked of fbgemm
+
+
+def test_activation_probe_falls_back_to_7_bits_on_saturation(monkeypatch, caplog):
+    """A kernel whose int16 lanes saturate (VPMADDUBSW without VNNI): 7 bits, logged once."""
+
+    class Saturating:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feed):
+            return [np.minimum(y, 32767 * (u.shape[1] // 2)).astype(np.int32)
+                    for y, u in zip(self.session.run(names, feed), feed.values())]
+
+    monkeypatch.setattr(build, "_BITS", [])
+    monkeypatch.setattr(build, "cpu_session", lambda model, threads: Saturating(cpu_session(model, threads)))
+    caplog.set_level(logging.INFO, logger="wyoming_amanuensis.onnx_runtime")
+    assert build.activation_bits() == 7 and build.activation_bits() == 7
+    assert len([r for r in caplog.records if "7-bit" in r.getMessage()]) == 1
+
+
+def _linear_model(w: np.ndarray, b: np.ndarray, bits: int) -> bytes:
+    from onnx import TensorProto, helper
+
+    from wyoming_amanuensis.onnx_runtime import graphs
+
+    g = graphs._Graph({}, int8=True, bits=bits)
+    g.output(g.linear_int8("x", w, b), "y")
+    return g.model("linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "n", w.shape[1]])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "n", w.shape[0]])]).SerializeToString()
+
+
+def _reference_linear(x: np.ndarray, w: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
+    """The int8 linear in numpy: rows quantised in 2**bits - 1 steps (float32 as the graph does),
+    weights on CTranslate2's 8-bit grid at either bits, the integer product exact."""
+    from wyoming_amanuensis.onnx_runtime.graphs import quantize_rows
+
+    steps = np.float32(2 ** bits - 1)
+    qw, scale, row_sums = quantize_rows(w)
+    low, high = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    span = np.maximum(high - low, np.float32(1e-30))
+    q = np.rint(((x - low) / span) * steps)
+    assert q.min() == 0 and q.max() == steps
+    acc = q.astype(np.int64) @ qw.T.astype(np.int64)
+    return acc * (scale.astype(np.float64) / float(steps)) * span + low.astype(np.float64) * row_sums + b
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_int8_linear_matches_numpy(bits):
+    """torch's RowInt8Linear(bits=7) also moves the weights onto its observer's grid
+    (max|w| / 127.5 over [-128, 127]); the ONNX 7-bit variant narrows only the activations
+    (127 * 127 * 2 fits the int16 lanes) and keeps CTranslate2's 8-bit weights, so the reference
+    is numpy, not torch."""
+    rng = np.random.default_rng(bits)
+    w = (rng.normal(0, 0.05, (96, 512)) * rng.uniform(0.2, 3, (96, 1))).astype(np.float32)
+    b = rng.normal(0, 0.1, 96).astype(np.float32)
+    x = (rng.normal(0, 1, (3, 5, 512)) * rng.uniform(0.1, 20, (3, 5, 1)) + rng.normal(0, 2, (3, 5, 1)))
+    x = x.astype(np.float32)
+    y = cpu_session(_linear_model(w, b, bits), 1).run(None, {"x": x})[0]
+    ref = _reference_linear(x, w, b, bits)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    exact = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    err = np.abs(y - exact).max() / np.abs(exact).max()
+    assert err < 0.05, err  # int8, not garbage
+    if bits == 7:
+        y8 = cpu_session(_linear_model(w, b, 8), 1).run(None, {"x": x})[0]
+        assert not np.array_equal(y, y8)  # the bits really change the graph
 
 
 def test_non_whisper_model_bin_names_the_tensor(tmp_path):
@@ -306,6 +425,36 @@ def test_alignment_weights_and_positions(ort, forced):
     assert w is None  # joined crosses record no weights
     with pytest.raises(ValueError, match="context"):
         ort.net.step([[1] * (ort.model.dims.n_text_ctx + 1)], ort.net.new_cache(1), cross, [-1])
+
+
+def _greedy(loaded, audio: np.ndarray, n_max: int = 40) -> list[int]:
+    mel = log_mel(audio, 80, _frames(len(audio)))[None]
+    cross = loaded.net.cross(loaded.backend.encode(mel, loaded.context).features, True)
+    tok = loaded.model.tokenizer
+    cache, out = loaded.net.new_cache(1), []
+    logits, _ = loaded.net.step([tok.sot_sequence("en")], cache, cross, [-1])
+    while len(out) < n_max and (t := int(logits[0, -1].argmax())) != tok.eot:
+        out.append(t)
+        logits, _ = loaded.net.step([[t]], cache, cross, [-1])
+    return out
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def test_forced_7bit_build_decodes_the_same_words(ort, corpus_audio, tmp_path, monkeypatch, caplog):
+    """What a CPU without VNNI builds (7-bit activations) transcribes as this one does."""
+    monkeypatch.setattr(build, "_BITS", [7])
+    caplog.set_level(logging.INFO, logger="wyoming_amanuensis.onnx_runtime")
+    seven = load_onnx("base", cache_dir=tmp_path, **OPTS)
+    assert json.loads((tmp_path / "onnx-base-int8" / store.MANIFEST).read_text())["bits"] == 7
+    assert "built" in caplog.text
+    tok = ort.model.tokenizer
+    for name, audio in corpus_audio.items():
+        eight_text, seven_text = (tok.decode(_greedy(m, audio)) for m in (ort, seven))
+        print(f"{name}: 8 bits {eight_text!r}, 7 bits {seven_text!r}")
+        assert _words(seven_text) == _words(eight_text) and _words(eight_text), name
 
 
 def test_cache_reorder_and_fork(ort, forced):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -37,19 +37,49 @@ def model_dims(variables: dict, label: str) -> Dims:
     return dims
 
 
+_BITS: list[int] = []  # activation_bits' answer, once per process
+
+
+def activation_bits(threads: int = 1) -> int:
+    """8 where this CPU's onnxruntime u8 x s8 MatMulInteger is exact on the worst case (every
+    product 255 * 127), else 7 (127 steps: 127 * 127 * 2 fits the int16 lanes of x86's
+    VPMADDUBSW, which without VNNI saturates at 8 bits and would silently corrupt the int8
+    decoder). Asked of the kernel itself, in a session set up as the models' are, rather than
+    guessed from the CPU's flags; once per process, at build time only (the answer is kept in
+    the folder's manifest, whose key holds the CPU's fingerprint)."""
+    if not _BITS:
+        from . import graphs  # imports onnx: only at build time
+
+        session = cpu_session(graphs.activation_probe().SerializeToString(), threads)
+        exact = True
+        for rows in graphs.PROBE_ROWS:
+            feed = {f"u{k}": np.full((rows, k), 255, np.uint8) for k in graphs.PROBE_K}
+            for k, y in zip(graphs.PROBE_K, session.run([f"y{k}" for k in graphs.PROBE_K], feed)):
+                exact &= y.dtype == np.int32 and bool((y == 255 * 127 * k).all())
+        _BITS.append(8 if exact else 7)
+        if exact:
+            _LOG.info("onnx graphs: this CPU's int8 product is exact at 8 bits: 8-bit activations")
+        else:
+            _LOG.info("onnx graphs: this CPU's int8 product saturates at 8 bits (no VNNI): 7-bit activations")
+    return _BITS[0]
+
+
 def build_folder(folder: Path, directory: Path, parts: Sequence[Path], int8: bool,
-                 threads: int = 1) -> tuple[Dims, list[tuple[int, int]]]:
-    """Write the graphs (store.GRAPHS) and the silence arrays into ``folder``."""
+                 threads: int = 1) -> tuple[Dims, list[tuple[int, int]], Optional[int]]:
+    """Write the graphs (store.GRAPHS) and the silence arrays into ``folder``. Returns the dims,
+    the alignment heads and the int8 linears' activation bits (None for float32)."""
     from . import graphs  # imports onnx: only here
 
+    bits = activation_bits(threads) if int8 else None
     variables, label = read_variables(directory, parts)
     dims = model_dims(variables, label)
     heads = _alignment_heads(read_config(directory), dims, directory / "config.json")
+    b = bits or 8
     built = {
         "encoder": lambda: graphs.build_encoder(variables, dims),
-        "cross": lambda: graphs.build_cross(variables, dims, int8),
-        "decoder": lambda: graphs.build_decoder(variables, dims, heads, int8),
-        "decoder_loop": lambda: graphs.build_decoder(variables, dims, heads, int8, loop=True),
+        "cross": lambda: graphs.build_cross(variables, dims, int8, bits=b),
+        "decoder": lambda: graphs.build_decoder(variables, dims, heads, int8, bits=b),
+        "decoder_loop": lambda: graphs.build_decoder(variables, dims, heads, int8, loop=True, bits=b),
     }
     for name, make in built.items():
         graphs.save(make(), folder, name)
@@ -76,4 +106,4 @@ def build_folder(folder: Path, directory: Path, parts: Sequence[Path], int8: boo
         for i in range(len(arrays) // 2):
             for j, name in enumerate("kv"):
                 np.save(folder / "silence" / f"{kind}{i}_{name}.npy", np.ascontiguousarray(arrays[2 * i + j], np.float32))
-    return dims, heads
+    return dims, heads, bits

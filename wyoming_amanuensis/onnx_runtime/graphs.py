@@ -1,9 +1,10 @@
 """Whisper as ONNX graphs, written with onnx.helper from the model.bin variables.
 
 No exporter and no torch: every node is written here, so the graphs compute what the torch
-modules (``model/modules.py``) compute, with the int8 linears of ``quantize.RowInt8Linear`` at
-8 bits where asked. This is the only module of the runtime that imports ``onnx``; it runs
-when a model's graphs are built (``store.py``), never when they are loaded.
+modules (``model/modules.py``) compute, with the int8 linears of ``quantize.RowInt8Linear`` where
+asked (8-bit activations, or 7 where this CPU's u8 x s8 kernel is not exact: ``activation_probe``).
+This is the only module of the runtime that imports ``onnx``; it runs when a model's graphs are
+built (``store.py``), never when they are loaded.
 
 Graphs (dims from ``whisper_spec``; H heads of width hd, L layers):
 
@@ -49,12 +50,17 @@ def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, scale, row_sums
 
 
+ACTIVATION_BITS = (7, 8)
+
+
 class _Graph:
     """Nodes, initializers and fresh names for one graph. ``int8``: ``linear_q`` is
-    RowInt8Linear at 8 bits, else float32."""
+    RowInt8Linear with ``bits``-bit activations (7 or 8), else float32."""
 
-    def __init__(self, variables: dict, int8: bool = False):
-        self.v, self.nodes, self.inits, self.n, self.int8 = variables, [], [], 0, int8
+    def __init__(self, variables: dict, int8: bool = False, bits: int = 8):
+        if bits not in ACTIVATION_BITS:
+            raise ValueError(f"activation bits must be 7 or 8, got {bits}")
+        self.v, self.nodes, self.inits, self.n, self.int8, self.bits = variables, [], [], 0, int8, bits
 
     def w(self, name: str) -> np.ndarray:
         return dequantize(self.v, name)  # float32: CTranslate2's int8 undone
@@ -99,18 +105,24 @@ class _Graph:
         return self.op("Add", [y, self.init(self.w(prefix + "bias"), "b")])
 
     def linear_int8(self, x: str, w: np.ndarray, b: Optional[np.ndarray]) -> str:
-        """RowInt8Linear at 8 bits: each activation row mapped onto [0, 1] by its own minimum and
-        range and quantised in 256 steps (so a row's result never depends on the other rows of
-        the batch), an exact u8 x s8 integer product, then
-        y = span/255 * w_scale * (q_x . q_w) + low * row_sums + bias."""
+        """RowInt8Linear: each activation row mapped onto [0, 1] by its own minimum and range and
+        quantised in ``steps`` = 2**bits - 1 steps (255, or 127 at 7 bits) (so a row's result
+        never depends on the other rows of the batch), an exact u8 x s8 integer product, then
+        y = span/steps * w_scale * (q_x . q_w) + low * row_sums + bias.
+
+        At 7 bits only the activations narrow: the weights stay on CTranslate2's 8-bit grid
+        (max|w|/127). torch's 7-bit recipe (RowInt8Linear(bits=7)) also moves the weights (its
+        observer's max|w|/127.5 over [-128, 127]); 127 * 127 * 2 fits the int16 lanes all the
+        same, so the ONNX variant keeps the finer weights."""
+        steps = float(2 ** self.bits - 1)
         qw, scale, row_sums = quantize_rows(w)
         low = self.op("ReduceMin", [x], axes=[-1], keepdims=1)
         high = self.op("ReduceMax", [x], axes=[-1], keepdims=1)
         span = self.op("Max", [self.op("Sub", [high, low]), self.scalar(1e-30)])
         unit = self.op("Div", [self.op("Sub", [x, low]), span])
-        q = self.op("Cast", [self.op("Round", [self.op("Mul", [unit, self.scalar(255.0)])])], to=TensorProto.UINT8)
+        q = self.op("Cast", [self.op("Round", [self.op("Mul", [unit, self.scalar(steps)])])], to=TensorProto.UINT8)
         y = self.op("Cast", [self.op("MatMulInteger", [q, self.init(qw.T.copy(), "Wq")])], to=F)  # int32: exact
-        y = self.op("Mul", [self.op("Mul", [y, self.init(scale / np.float32(255.0), "ws")]), span])
+        y = self.op("Mul", [self.op("Mul", [y, self.init(scale / np.float32(steps), "ws")]), span])
         y = self.op("Add", [y, self.op("Mul", [low, self.init(row_sums, "rs")])])
         return self.op("Add", [y, self.init(b, "b")]) if b is not None else y
 
@@ -209,11 +221,11 @@ def build_encoder(v: dict, dims: Dims, record: bool = False) -> onnx.ModelProto:
     return g.model("whisper_encoder" + ("_record" if record else ""), inputs, outputs, ms=flash)
 
 
-def build_cross(v: dict, dims: Dims, int8: bool = True) -> onnx.ModelProto:
+def build_cross(v: dict, dims: Dims, int8: bool = True, bits: int = 8) -> onnx.ModelProto:
     """The decoder layers' cross-attention keys/values of one request's audio, projected once."""
     d, H = dims.width, dims.dec_heads
     hd = d // H
-    g = _Graph(v, int8)
+    g = _Graph(v, int8, bits)
     outputs = []
     for i in range(dims.dec_layers):
         kv = g.linear_q("features", f"decoder/layer_{i}/attention/linear_1/")
@@ -224,7 +236,7 @@ def build_cross(v: dict, dims: Dims, int8: bool = True) -> onnx.ModelProto:
 
 
 def build_decoder(v: dict, dims: Dims, alignment_heads: Sequence[tuple[int, int]] = (), int8: bool = True,
-                  loop: bool = False) -> onnx.ModelProto:
+                  loop: bool = False, bits: int = 8) -> onnx.ModelProto:
     """One decoder step with a Concat self-attention cache (past in, past + new out).
 
     Inputs: tokens [B, n] int64 fed after ``offset`` [1] cached positions; positions [m] int64,
@@ -237,12 +249,12 @@ def build_decoder(v: dict, dims: Dims, alignment_heads: Sequence[tuple[int, int]
     Outputs: logits [B, m, V], present_k{i}/present_v{i} [B, H, past + n, hd]; the plain graph
     also ``alignment`` [B, A, n, S]: the cross-attention softmax of ``alignment_heads`` (layer,
     head), in that order.
-    ``int8``: Linear layers and the tied output projection as RowInt8Linear (8 bits), the
-    embedding float16; else float32 throughout.
+    ``int8``: Linear layers and the tied output projection as RowInt8Linear (``bits``-bit
+    activations), the embedding float16; else float32 throughout.
     """
     d, H, L = dims.width, dims.dec_heads, dims.dec_layers
     hd = d // H
-    g = _Graph(v, int8)
+    g = _Graph(v, int8, bits)
     inputs = [_io("tokens", I64, ["B", "n"]), _io("offset", I64, [1]), _io("positions", I64, ["m"]),
               _io("cross_bias", F, ["S"])]
     if loop:
@@ -326,6 +338,27 @@ def _loop_attend(g: _Graph, q: str, ck: str, cv: str, bias: str, off: str, hd: i
         [_io(cond_out, TensorProto.BOOL, []), _io(scan, F, [None, None, None])])
     g.nodes = outer
     return g.op("Loop", [B, ""], "loop_out", body=body)
+
+
+PROBE_ROWS = (1, 33)  # one row and a batch: the kernel's paths may differ
+PROBE_K = (512, 2048)  # a width and an FFN's inner width
+PROBE_N = 32
+
+
+def activation_probe() -> onnx.ModelProto:
+    """The worst case of the int8 linears' u8 x s8 product: ``u{K}`` [rows, K] uint8 (fed all
+    255) times a weight initializer [K, 32] of int8 127 (prepacked as the models' are), each K
+    of PROBE_K its own MatMulInteger; exact, ``y{K}`` is 255 * 127 * K everywhere. Where the
+    kernel adds pairs of products in saturating int16 lanes (x86 VPMADDUBSW without VNNI),
+    255 * 127 * 2 overflows them and it is not."""
+    g = _Graph({})
+    inputs, outputs = [], []
+    for k in PROBE_K:
+        y = g.op("MatMulInteger", [f"u{k}", g.init(np.full((k, PROBE_N), 127, np.int8), "Wq")])
+        g.output(y, f"y{k}")
+        inputs.append(_io(f"u{k}", TensorProto.UINT8, ["rows", k]))
+        outputs.append(_io(f"y{k}", TensorProto.INT32, ["rows", PROBE_N]))
+    return g.model("int8_activation_probe", inputs, outputs)
 
 
 def save(model: onnx.ModelProto, directory: Path, name: str) -> list[str]:

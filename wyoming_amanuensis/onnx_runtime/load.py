@@ -36,7 +36,8 @@ def _tails(built: store.Built, kind: str, layers: int, chunk: int) -> list[Poole
 
 def load_onnx(name_or_path: str, *, cache_dir: Optional[Path], threads: int, int8_decoder: bool,
               silence_chunk: int, tail_chunk: int) -> OnnxLoaded:
-    """``int8_decoder``: the cross projection and decoder step as RowInt8Linear (8 bits), else
+    """``int8_decoder``: the cross projection and decoder step as RowInt8Linear (8-bit
+    activations, or 7 where this CPU's int8 kernel saturates: probed when building), else
     float32 (``--no-int8-decoder``). ``silence_chunk``: the encoder's silence context pooled in
     chunks of this many positions (0: none); ``tail_chunk``: the decoder's silence tail's."""
     t0 = time.perf_counter()

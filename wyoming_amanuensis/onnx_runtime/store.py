@@ -3,9 +3,13 @@
 ``{cache_dir}/onnx-{model}-{int8|f32}/`` holds the .onnx graphs with their weights as external
 data, the silence arrays (``silence/enc{i}_{k,v}.npy``, ``silence/tail{i}_{k,v}.npy``: exact,
 pooled at load time with the chunk sizes of the settings) and ``manifest.json``: the key
-(``disk_cache.fingerprint`` of the model files and config.json, salted with FORMAT and the
-opset), the model's Dims (so that a start reads no model.bin), the alignment heads and a
-SHA-256 of every file.
+(``disk_cache.fingerprint`` of the model files and config.json, salted with FORMAT, the opset
+and, for int8, this CPU's fingerprint), the model's Dims (so that a start reads no model.bin),
+the alignment heads, the int8 linears' activation bits and a SHA-256 of every file.
+
+The bits (8, or 7 where this CPU's u8 x s8 kernel saturates: ``build.activation_bits``) are
+probed when building, never at a cached load: a folder moved to another CPU (another model
+name or instruction set) has another key, so it is stale and rebuilt with a fresh probe.
 
 A folder is built as a temporary sibling and renamed into place when complete, so a reader
 never sees half a build; two processes building at once each rename theirs, and the loser
@@ -37,7 +41,7 @@ from ..model.whisper_spec import Dims
 _LOG = logging.getLogger(__name__)
 LABEL = "onnx graphs"
 
-FORMAT = 1  # bump when the graphs or the folder's layout change: older folders become stale
+FORMAT = 2  # bump when the graphs or the folder's layout change: older folders become stale
 OPSET = 17  # the ONNX opset the graphs are written at (graphs.py uses this one)
 MANIFEST = "manifest.json"
 GRAPHS = ("encoder", "cross", "decoder", "decoder_loop")
@@ -50,6 +54,7 @@ class Built:
     dims: Dims
     alignment_heads: list[tuple[int, int]]
     int8: bool
+    bits: Optional[int] = None  # the int8 linears' activation bits (7 or 8); None for float32
 
     def graph(self, name: str) -> Path:
         return self.folder / f"{name}.onnx"
@@ -59,16 +64,37 @@ class Built:
         return self.folder / "silence" / f"{kind}{layer}_{kv}.npy"
 
 
-# (folder, dims, alignment heads) -> the graphs and silence arrays written into the folder
-Builder = Callable[[Path], tuple[Dims, list[tuple[int, int]]]]
+# folder -> (dims, alignment heads, activation bits or None): the graphs and silence arrays
+# written into the folder
+Builder = Callable[[Path], tuple[Dims, list[tuple[int, int]], Optional[int]]]
 
 
 def folder_name(name: str, int8: bool) -> str:
     return f"onnx-{safe_name(name)}-{'int8' if int8 else 'f32'}"
 
 
+def cpu_fingerprint() -> str:
+    """A hash of this CPU's model name and instruction-set flags (/proc/cpuinfo's first
+    processor: ``model name`` and ``flags``, or ``Features`` on ARM); "" where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    first = text.strip().split("\n\n", 1)[0] if text.strip() else ""
+    wanted = []
+    for line in first.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("model name", "flags", "Features"):
+            wanted.append(f"{key.strip()}:{' '.join(value.split())}")
+    return hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16] if wanted else ""
+
+
 def build_key(files: Sequence[Path], int8: bool) -> str:
-    return fingerprint(files, f"onnx-graphs:format={FORMAT}:opset={OPSET}:{'int8' if int8 else 'f32'}")
+    """The int8 graphs' activation bits depend on the CPU (``build.activation_bits``), so their
+    key holds its fingerprint; float32 graphs run anywhere."""
+    salt = f"onnx-graphs:format={FORMAT}:opset={OPSET}:{'int8' if int8 else 'f32'}"
+    return fingerprint(files, salt + (f":cpu={cpu_fingerprint()}" if int8 else ""))
 
 
 def required_files(dims: Dims) -> list[str]:
@@ -95,11 +121,14 @@ def read_built(folder: Path, key: str) -> tuple[Optional[Built], str]:
     try:
         meta = json.loads(manifest.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT or meta.get("opset") != OPSET or meta.get("key") != key:
-            return None, "stale (built from other model files or by another version)"
+            return None, "stale (built from other model files, by another version or on another CPU)"
         dims = Dims(**meta["dims"])
         heads = [(int(a), int(b)) for a, b in meta["alignment_heads"]]
         sums: dict = meta["files"]
         int8 = bool(meta["int8"])
+        bits = meta["bits"]
+        if (bits not in (7, 8)) if int8 else (bits is not None):
+            raise ValueError(f"activation bits {bits!r} for {'int8' if int8 else 'float32'} graphs")
     except FileNotFoundError:
         return None, "corrupt (no manifest: an interrupted build)"
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -115,24 +144,26 @@ def read_built(folder: Path, key: str) -> tuple[Optional[Built], str]:
             return None, f"corrupt ({rel} is missing)"
         except OSError as err:
             return None, f"unreadable ({rel}: {err})"
-    return Built(folder, dims, heads, int8), ""
+    return Built(folder, dims, heads, int8, bits), ""
 
 
-def _write_manifest(folder: Path, key: str, int8: bool, dims: Dims, heads, seconds: float) -> Built:
+def _write_manifest(folder: Path, key: str, int8: bool, dims: Dims, heads, bits: Optional[int],
+                    seconds: float) -> Built:
     sums = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-    meta = {"format": FORMAT, "opset": OPSET, "key": key, "int8": int8, "dims": dataclasses.asdict(dims),
-            "alignment_heads": [list(h) for h in heads], "files": sums, "build_seconds": round(seconds, 1)}
+    meta = {"format": FORMAT, "opset": OPSET, "key": key, "int8": int8, "bits": bits,
+            "dims": dataclasses.asdict(dims), "alignment_heads": [list(h) for h in heads], "files": sums,
+            "build_seconds": round(seconds, 1)}
     atomic_write(folder / MANIFEST, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    return Built(folder, dims, [tuple(h) for h in heads], int8)
+    return Built(folder, dims, [tuple(h) for h in heads], int8, bits)
 
 
 def _build_into(folder: Path, key: str, int8: bool, build: Builder, final: Optional[Path] = None) -> Built:
     """Build into ``folder`` (``final``: where it will be renamed to, for the log line)."""
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    dims, heads = build(folder)
+    dims, heads, bits = build(folder)
     seconds = time.perf_counter() - t0
-    built = _write_manifest(folder, key, int8, dims, heads, seconds)
+    built = _write_manifest(folder, key, int8, dims, heads, bits, seconds)
     _LOG.info("%s: built %s in %.1f s", LABEL, final or folder, seconds)
     return built
 
@@ -212,7 +243,8 @@ def load_or_build(cache_dir: Optional[Path], name: str, files: Sequence[Path], i
     t0 = time.perf_counter()
     built, why = read_built(folder, key)
     if built is not None:
-        _LOG.info("%s: loaded %s in %.0f ms (checked)", LABEL, folder, (time.perf_counter() - t0) * 1000)
+        _LOG.info("%s: loaded %s in %.0f ms (checked%s)", LABEL, folder, (time.perf_counter() - t0) * 1000,
+                  f"; {built.bits}-bit activations" if built.bits else "")
         return built
     if why == NO_FILE:
         _LOG.info("%s: %s: %s; building the graphs", LABEL, folder, why)
