@@ -132,8 +132,8 @@ def test_60s_of_sentences_come_back_each_once(engine, per_clip, offset):
 def test_a_sentence_the_model_jumps_over_is_heard():
     # jfk, then "add apples to my shopping list": with the 7-bit int8 decoder the first
     # window's timestamps jumped from 10.4 s to 15.6 s over it (_skipped_speech); the 8-bit
-    # one (the default where the CPU runs it) mishears it instead, so the case needs 7 bits
-    e = Engine.load(settings_from(model="base", encoder_backend="cpu", int8_decoder_bits=7))
+    # one (the default where the CPU runs it) mishears it instead, so the case needs torch's 7 bits
+    e = Engine.load(settings_from(model="base", encoder_backend="cpu", cpu_runtime="torch", int8_decoder_bits=7))
     try:
         u = long_utterance(40, 52)
         r = e.transcribe(u.audio, SAMPLE_RATE, Request(language="en"))

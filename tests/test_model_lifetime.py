@@ -32,14 +32,14 @@ def tiny_dir(tmp_path_factory):
 def load(model_dir, cache_dir, caplog) -> tuple[Engine, str]:
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="wyoming_amanuensis.model.silence_cache"):
-        engine = Engine.load(settings_from(model=str(model_dir), encoder_backend="cpu", threads=1,
-                                           cache_dir=str(cache_dir)))
+        engine = Engine.load(settings_from(model=str(model_dir), encoder_backend="cpu", cpu_runtime="torch",
+                                           threads=1, cache_dir=str(cache_dir)))
     return engine, caplog.text
 
 
 def silence_keys(engine: Engine) -> list[torch.Tensor]:
     loaded = engine.models[engine.default_model]
-    return [layer.k for layer in loaded.context.layers] + [t.k for t in loaded.decoder.silence_tails]
+    return [layer.k for layer in loaded.context.layers] + [t.k for t in loaded.decoder.net.silence_tails]
 
 
 def words(engine: Engine) -> str:
@@ -103,7 +103,8 @@ def test_unwritable_cache_dir_only_costs_the_recomputation(tiny_dir, tmp_path, c
 def test_no_disk_cache_when_asked(tiny_dir, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="wyoming_amanuensis.model.silence_cache"):
-        Engine.load(settings_from(model=str(tiny_dir), encoder_backend="cpu", threads=1, cache_dir="none"))
+        Engine.load(settings_from(model=str(tiny_dir), encoder_backend="cpu", cpu_runtime="torch", threads=1,
+                                  cache_dir="none"))
     assert "silence cache" not in caplog.text
     assert settings_from(cache_dir="none").silence_cache_dir() is None
     assert settings_from(cache_dir=str(tmp_path)).silence_cache_dir() == tmp_path

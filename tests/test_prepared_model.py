@@ -28,7 +28,8 @@ LOGGER = "wyoming_amanuensis.model.prepared"
 def load(model: str, cache_dir, caplog, **kw) -> tuple[Engine, str]:
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        engine = Engine.load(settings_from(model=model, encoder_backend="cpu", threads=1, cache_dir=str(cache_dir),
+        engine = Engine.load(settings_from(model=model, encoder_backend="cpu", cpu_runtime="torch", threads=1,
+                                           cache_dir=str(cache_dir),
                                            **kw))
         disk_cache.wait_for_writes()  # the prepared model is written in the background
     return engine, "\n".join(r.getMessage() for r in caplog.records if r.name == LOGGER)
