@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.corpus import CORPUS_DIR
 from wyoming_amanuensis import __version__
 from wyoming_amanuensis.config import build_parser, load_settings
 
@@ -379,16 +380,18 @@ def test_dockerignore_lets_through_everything_the_dockerfile_copies():
     assert copied and [path for path in copied if path.rstrip("/") not in allowed] == []
 
 
-def test_image_and_dev_setup_use_the_same_torch():
-    def pin(path: Path) -> list[str]:
-        return re.findall(r"torch==([\w.+]+)", path.read_text())
-
-    assert pin(ADDON / "install.sh") == pin(ROOT / "script" / "setup") != []
+def test_image_installs_no_torch():
+    # the add-on runs on the CPU, on onnxruntime; torch would be most of the image
+    assert "torch" not in re.sub(r"#.*", "", (ADDON / "install.sh").read_text())
+    assert "torch" not in re.sub(r"#.*", "", (ROOT / "Dockerfile").read_text())
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_image_install_commands_work_in_a_fresh_venv():
-    result = subprocess.run(["bash", str(ADDON / "check_image_install.sh")], env={**os.environ, "PYTHON": sys.executable},
+    clip = CORPUS_DIR / "s2p_gen_turn_on_the_lights.wav"
+    result = subprocess.run(["bash", str(ADDON / "check_image_install.sh")],
+                            env={**os.environ, "PYTHON": sys.executable, "CLIP": str(clip)},
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "Turn on the lights" in result.stdout, result.stdout[-2000:]  # transcribed without torch

@@ -71,7 +71,7 @@ class Settings:
     batch_decode_size: int = _opt(4, "Largest batch when batch decoding is on.", aliases=("BATCH_DECODE_SIZE",))
     threads: int = _opt(0, "CPU threads (onnxruntime's or torch's) of each engine worker; 0 = the cores shared out between the workers (all of them with one).")
     workers: int = _opt(1, "Requests the engine computes at once, each on its own thread. 1 gives a lone command every core; 2 or more compute more commands per second when several wait at once (measured by benchmarks/bench_load.py), a lone one more slowly unless threads is set.")
-    cache_dir: Optional[str] = _opt(None, "Folder for what start-up computes from each model's weights: the model as the engine uses it (converted and int8-quantised; about 240 MB for base) and the fast decoder's silence encoding (about 40 MB for base), one file each per model and setting, keyed by the model file, checked on read and rebuilt when stale or corrupt. A restart then skips parsing model.bin, the quantisation and the encoder's 30 s silence pass. Default $XDG_CACHE_HOME/amanuensis (~/.cache/amanuensis); none = no disk cache.")
+    cache_dir: Optional[str] = _opt(None, "Folder for what start-up computes from each model's weights, keyed by the model file, checked on read and rebuilt when stale or corrupt: on the ONNX runtime one folder per model and decoder precision with its graphs and silence arrays (about 350 MB for base, written in about 5 s at its first start); on the torch runtime the model as the engine uses it (converted and int8-quantised; about 240 MB for base) and the fast decoder's silence encoding (about 40 MB). A restart then skips parsing model.bin, the quantisation and the encoder's 30 s silence pass. Default $XDG_CACHE_HOME/amanuensis (~/.cache/amanuensis); none = no disk cache.")
     preload: bool = _opt(True, "Load the models in the background as soon as the server starts; off = at the first request. Either way the port answers describe at once and requests wait for the load.")
     unload_after_s: float = _opt(0.0, "Free the models' memory after this many seconds without a request; the next request loads them again and waits for it. 0 = never unload.")
     # --- names (biasing.py): the request's transcript_names/terms and Home Assistant's names
@@ -152,8 +152,8 @@ class Settings:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         return Path(base) / "amanuensis"
 
-    def torch_threads(self) -> int:
-        """torch threads for each engine worker."""
+    def cpu_threads(self) -> int:
+        """CPU threads (onnxruntime intra-op, or torch) for each engine worker."""
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
 
     def model_names(self) -> list[str]:

@@ -24,6 +24,7 @@ from .model.describe import model_languages
 from .pipeline import Engine, TranscriptionError, return_freed_memory
 from .request import Job
 from .result import Result
+from .runtime_choice import runtime_for
 
 _LOG = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class EngineHost:
         # Raises ModelNotFoundError/ModelFileError here, before the port opens, for a model
         # that is missing outright; a damaged model.bin is found by the load itself.
         self._languages = dict(model_languages(name) for name in settings.model_names())
+        runtime_for(settings)  # RuntimeUnavailable, also before the port opens: torch asked for, not installed
         self.default_model = next(iter(self._languages))
         self._cond = threading.Condition()
         self._engine: Optional[Engine] = None

@@ -109,7 +109,7 @@ class Engine:
         # Charges each stage's CPU time and energy to its request (cost.py).
         self.meter = meter if meter is not None else CostMeter()
         self.default_model = next(iter(models))
-        self.threads = settings.torch_threads()
+        self.threads = settings.cpu_threads()
         # torch's thread count is per calling thread: set by run() on a scheduler worker
         self._torch = sys.modules["torch"] if any(m.runtime == "torch" for m in models.values()) else None
         # Safe to run from several threads at once (the scheduler's --workers): the weights
@@ -139,7 +139,7 @@ class Engine:
         runtime = runtime_for(settings)
         if runtime == "onnx":
             from .onnx_runtime.load import load_onnx
-            loaded = load_onnx(name, cache_dir=settings.silence_cache_dir(), threads=settings.torch_threads(),
+            loaded = load_onnx(name, cache_dir=settings.silence_cache_dir(), threads=settings.cpu_threads(),
                                int8_decoder=settings.int8_decoder, silence_chunk=settings.silence_chunk,
                                tail_chunk=settings.decoder_tail_chunk)
             model, backend, net, context = loaded.model, loaded.backend, loaded.net, loaded.context

@@ -1,9 +1,9 @@
 """Bounded request queue in front of the engine, off the event loop.
 
 ``workers`` threads run the engine (``--workers``, default 1: a lone
-command gets every core through torch's own threads). With more, that many
-runs go at once, each on its own torch threads (``Settings.torch_threads``):
-on a small CPU one torch thread per request and core computes more commands
+command gets every core through the runtime's own threads). With more, that many
+runs go at once, each on its own threads (``Settings.cpu_threads``):
+on a small CPU one thread per request and core computes more commands
 per second than every core on one request, whose small decoder products do
 not split well (benchmarks/bench_load.py). Whole requests side by side also
 beat a pipeline (one request's encoder while another's decoder runs: 1.47x

@@ -47,7 +47,7 @@ def _backend_key(backend: EncoderBackend, settings: Settings) -> str:
 
 def load_torch(name: str, settings: Settings) -> tuple[WhisperModel, EncoderBackend, TorchDecoderNet, Any]:
     """(model, encoder backend, decoder network, the encoder's silence context)."""
-    torch.set_num_threads(settings.torch_threads())
+    torch.set_num_threads(settings.cpu_threads())
     t0 = time.perf_counter()
     int8_bits = settings.int8_decoder_bits if settings.int8_decoder and _decoder_on_cpu(settings) else 0
     model = load_model(name, int8_bits=int8_bits, cache_dir=settings.silence_cache_dir())
