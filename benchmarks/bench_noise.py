@@ -6,7 +6,7 @@ Two runtimes that compute the same network (ONNX Runtime and torch, encoder outp
 float32 rounding of each other) give different transcripts on a few knife-edge clips, and on
 a corpus of 73 commands a clip is 1-2 WER points. This runs each runtime (each in its own
 process) over the corpus as bench_accuracy's ``amanuensis`` system does (VAD-trimmed window,
-language given, the runtime's defaults), once as computed (seed 0) and then with its encoder
+language given, the runtime's defaults, its text normalisation), once as computed (seed 0) and then with its encoder
 output multiplied by (1 + 1e-6 * N(0, 1)) per value (``--eps``; float32 rounding is ~6e-8):
 the spread of WER over the seeds is what a difference of that size between two runtimes
 can be made of. Prints WER per seed, and the median and range per runtime.
@@ -28,7 +28,8 @@ def child(runtime: str, corpus: str, seeds: int, eps: float) -> list[float]:
     import jiwer
     import numpy as np
 
-    from benchmarks.corpus import CORPUS_DIR, clips, normalize
+    from benchmarks.bench_accuracy import norm
+    from benchmarks.corpus import CORPUS_DIR, clips
     from wyoming_amanuensis.audio import to_16k
     from wyoming_amanuensis.config import settings_from
     from wyoming_amanuensis.decoding import DecodeOptions, max_tokens_for
@@ -55,7 +56,7 @@ def child(runtime: str, corpus: str, seeds: int, eps: float) -> list[float]:
         language = "en" if corpus == "en" else c.name.split("_")[0]
         beam, _ = engine._beam_widths(Request(language=language), tok.multilingual)
         options = DecodeOptions(language=language, beam_size=beam, max_tokens=max_tokens_for(len(audio) / 16000))
-        items.append((normalize(c.reference), features, frames < N_FRAMES_30S, options))
+        items.append((norm(c.reference, language), features, frames < N_FRAMES_30S, options))
     wers = []
     for seed in range(seeds + 1):
         rng = np.random.default_rng(seed)
@@ -66,7 +67,7 @@ def child(runtime: str, corpus: str, seeds: int, eps: float) -> list[float]:
                 import torch
                 x = torch.from_numpy(x)
             cross = loaded.decoder.prepare(EncoderOutput(features=x, tail_cached=short, backend="cpu"))
-            hyps.append(normalize(tok.decode(loaded.decoder.decode(cross, options).tokens)) or "<empty>")
+            hyps.append(norm(tok.decode(loaded.decoder.decode(cross, options).tokens), options.language) or "<empty>")
             refs.append(ref)
         wers.append(100.0 * jiwer.wer(refs, hyps))
         print(f"{runtime} seed {seed}: WER {wers[-1]:.1f} %", file=sys.stderr, flush=True)

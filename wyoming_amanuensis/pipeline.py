@@ -49,7 +49,7 @@ def import_engine_modules() -> None:
     torch runtime imports it (``model/torch_runtime.py``), and a test
     (test_startup_imports) checks that the CPU server never does."""
     global _engine_modules_imported, align, DecodeOptions, Decoder, max_tokens_for, \
-        FRAMES_PER_SECOND, N_FRAMES_30S, log_mel, decode_windows, is_long, runtime_for
+        FRAMES_PER_SECOND, N_FRAMES_30S, log_mel, decode_windows, is_long, runtime_for, threadpool_limits
     with _ENGINE_MODULES:
         if _engine_modules_imported:
             return
@@ -58,6 +58,7 @@ def import_engine_modules() -> None:
         from .mel import FRAMES_PER_SECOND, N_FRAMES_30S, log_mel
         from .runtime_choice import runtime_for
         from .windows import decode_windows, is_long
+        from threadpoolctl import threadpool_limits
         _engine_modules_imported = True
 
 # Peak below this (about -80 dBFS) is digital silence: nothing to transcribe.
@@ -125,6 +126,10 @@ class Engine:
         if not _engine_modules_imported:
             import_engine_modules()
             _LOG.info("the engine's modules imported in %.0f ms", (time.perf_counter() - t0) * 1000)
+        # numpy's BLAS (OpenBLAS) serves one small product per request, the log-mel's filterbank,
+        # and its threads spin after each call: on 2 cores that burnt ~100 ms of CPU per command
+        # and slowed the runtime's own threads (benchmarks/RESULTS.md, session 8). One thread.
+        threadpool_limits(1, user_api="blas")
         models: dict[str, LoadedModel] = {}
         for name in settings.model_names():
             t0 = time.perf_counter()
