@@ -21,6 +21,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH="/opt/amanuensis/bin:${PATH}" \
     S6_CMD_WAIT_FOR_SERVICES_MAXTIME=0
 
+# The CPU-only torch build (silero-vad's wheel requires torch; the server never
+# imports it); the image has no CUDA runtime.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 WORKDIR /usr/src/amanuensis
 COPY pyproject.toml README.md ./
 COPY wyoming_amanuensis ./wyoming_amanuensis
