@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 
 def cpu_session(model: Union[str, Path, bytes], threads: int) -> ort.InferenceSession:
-    """The prototype's measured product set-up ("ext-nopat+flash+pread"):
+    """The set-up session 7's prototype measured (RESULTS.md; "ext-nopat+flash+pread"):
 
     - ``threads`` intra-op threads, sequential execution (one request's graph at a time; the
       server runs requests on its own threads);

@@ -4,7 +4,8 @@ without torch (that module explains why a short window needs them).
 The pooled arrays are held in RAM; the exact positions between a request's window end and the
 next chunk boundary are read per request with os.pread from the stored .npy (``NpyRows``): a
 short request needs a few positions of each array, and mapping the files instead made whole
-large folios resident (2.6 of 3 MB per array for a 4-position read, measured in the prototype).
+large folios resident (2.6 of 3 MB per array for a 4-position read, measured in session 7's
+prototype, RESULTS.md).
 """
 
 from __future__ import annotations
