@@ -428,8 +428,9 @@ class Decoder:
             self.net.step([prefix + original[:shared]], source, cross, [-1])
         cache = source.fork(row, start, n, max_len=max_len)
         # only the positions some row scores are projected onto the vocabulary
-        lo = min(first for first, _ in [s for pair in spans for s in pair]) - shared
-        hi = max(end for _, end in [s for pair in spans for s in pair]) - shared
+        scored = [span for pair in spans for span in pair]
+        lo = min(first for first, _ in scored) - shared
+        hi = max(end for _, end in scored) - shared
         fed = [([(prefix + original)[start]] + r[shared:])[:length - shared] for r in padded]
         logits, _ = self.net.step(fed, cache, cross, list(range(lo, hi)))
 
