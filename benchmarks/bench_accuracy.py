@@ -24,14 +24,24 @@ out: the basic normaliser does not fold them, so those clips cost every system a
 systems side by side, and see the "no-digit" column for the WER without them.
 --limit N keeps the first N clips of each language.
 
+``--dither N`` runs every clip N times: as recorded, then N-1 times with Gaussian noise of one
+16-bit step (3e-5 of full scale, below what any microphone records) added to its samples, each
+copy the same for every system. A few clips in each language sit on a knife edge where float
+rounding decides the reading (RESULTS.md, session 8); their scores pooled over the copies are each
+system's expected WER on these commands rather than one draw, and the bootstrap resamples clips
+(each with all its copies), so the intervals are not narrowed by the copies.
+
 Names table (issue 11; ``--names`` runs only it, a run with English ends with it unless ``--no-names``):
 every short English command carries one home's names list (benchmarks/home_names.py: the names the
 commands use plus ~100 others) as the request's names, under names-none (no names), names-prompt
 (names in Whisper's prompt, wyoming-faster-whisper's way), names-boost (token-trie bonus), names-snap
 (the defaults) and faster-whisper beam 5 without and with the names as initial_prompt (what
 wyoming-faster-whisper 3.8.1 does). Printed: exact commands with and without a name, WER, false
-insertions (a home name in the hypothesis but not the reference), compute ms, mean names_ms, and the
-mean-latency cost against the names-free row.
+insertions (a home name in the hypothesis but not the reference; "biasing's": those the names-free row
+lacks), compute ms, mean names_ms, and the
+mean-latency cost against the names-free row. ``--names --names-corpus ml`` runs the same table on
+corpus_ml, each command with its language given and its language's home (home_names_ml: the names
+its commands use, declined where the language declines them, among ~140 others).
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -54,7 +65,7 @@ from whisper_normalizer.basic import BasicTextNormalizer
 
 from benchmarks.bench_engine import materialise_model, parse_variant
 from benchmarks.corpus import CORPUS_DIR, SHORT_COMMAND_S, clips, normalize
-from benchmarks.home_names import home_names, names_in
+from benchmarks.home_names import NAMES_ML, home_names, home_names_ml, names_in
 
 ML_DIR = CORPUS_DIR.parent / "corpus_ml"
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +89,11 @@ SYSTEMS: dict[str, dict] = {
     # default; it tells whether what is left between am-full-float-beam5 and fw-beam5 is those two
     "fw-beam5-plain": {"kind": "faster-whisper", "beam": 5, "compute": "int8",
                        "options": {"without_timestamps": True, "temperature": 0.0}},
+    # faster-whisper in float32 (its encoder and decoder not int8), as decoded by default and as we
+    # decode: whether a reading it differs from us on comes from its int8 arithmetic. Not run by default.
+    "fw-beam5-f32": {"kind": "faster-whisper", "beam": 5, "compute": "float32"},
+    "fw-beam5-f32-plain": {"kind": "faster-whisper", "beam": 5, "compute": "float32",
+                           "options": {"without_timestamps": True, "temperature": 0.0}},
 }
 
 # English figures of RESULTS.md's issue 9 re-check (bench_engine, language en, untrimmed clean
@@ -86,9 +102,11 @@ RESULTS_EN = {"am-notrim": ("amanuensis", 6.6, 104.0), "fw-beam5": ("faster-whis
 
 
 # ------------------------------------------------------------------ clips
-def load_items(corpora: list[str], languages: Optional[set], limit: int, modes: list[str]) -> list[dict]:
-    """Work items: one clip with the request options of one mode. ``options`` are Request fields
-    (language here; a second table, e.g. names per clip, builds its own items with more)."""
+def load_items(corpora: list[str], languages: Optional[set], limit: int, modes: list[str],
+               dither: int = 1) -> list[dict]:
+    """Work items: one clip with the request options of one mode, ``dither`` copies of each (copy 0
+    as recorded). ``options`` are Request fields (language here; a second table, e.g. names per
+    clip, builds its own items with more)."""
     base = []
     for corpus in corpora:
         for c in clips(ML_DIR if corpus == "ml" else CORPUS_DIR):
@@ -100,8 +118,8 @@ def load_items(corpora: list[str], languages: Optional[set], limit: int, modes: 
                 continue
             base.append({"clip": c.name, "path": str(c.path), "ref": c.reference, "lang": lang, "corpus": corpus,
                          "short": c.seconds <= SHORT_COMMAND_S})
-    return [{**b, "mode": mode, "options": {"language": b["lang"] if mode == "given" else None}}
-            for mode in modes for b in base]
+    return [{**b, "mode": mode, "dither": d, "options": {"language": b["lang"] if mode == "given" else None}}
+            for mode in modes for d in range(dither) for b in base]
 
 
 # ------------------------------------------------------------------ child: one system over items
@@ -109,7 +127,8 @@ def run_system(name: str, spec: dict, items: list[dict], threads: int, model: st
     """Run one system in a fresh process over ``items`` (each with ``path`` and ``options``);
     returns per item {"text", "language" (given or detected), "ms" (compute wall time), "names_ms"}."""
     payload = json.dumps({"name": name, "spec": spec, "threads": threads, "model": model,
-                          "items": [{"path": i["path"], "options": i["options"]} for i in items]})
+                          "items": [{"path": i["path"], "options": i["options"], "dither": i.get("dither", 0)}
+                                    for i in items]})
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_accuracy", "--child"], input=payload,
                          capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
@@ -164,6 +183,18 @@ def _faster_whisper(spec: dict, threads: int, model: str, tmp: Path):
     return (lambda audio: audio), run
 
 
+DITHER = 1 / 32768  # one 16-bit step
+
+
+def dithered(audio: np.ndarray, path: str, seed: int) -> np.ndarray:
+    """Copy ``seed`` of a clip: as recorded for 0, else with one 16-bit step of Gaussian noise,
+    drawn from the clip's name and the seed so that every system hears the same copy."""
+    if not seed:
+        return audio
+    rng = np.random.default_rng([seed, zlib.crc32(Path(path).name.encode())])
+    return (audio + DITHER * rng.standard_normal(audio.shape)).astype(np.float32)
+
+
 def child_main() -> None:
     from wyoming_amanuensis.audio import to_16k
     import soundfile as sf
@@ -175,7 +206,8 @@ def child_main() -> None:
             window, run = _amanuensis(spec, threads, model)
         else:
             window, run = _faster_whisper(spec, threads, model, Path(tmp))
-        audio = [window(to_16k(*sf.read(i["path"], dtype="float32"))[0]) for i in job["items"]]
+        audio = [window(dithered(to_16k(*sf.read(i["path"], dtype="float32"))[0], i["path"], i["dither"]))
+                 for i in job["items"]]
         run(audio[0], job["items"][0]["options"])  # warm-up: first-call allocations are not what a user waits for
         out = []
         for a, item in zip(audio, job["items"]):
@@ -222,6 +254,15 @@ def clip_errors(items: list[dict], recs: list[dict]) -> tuple[np.ndarray, np.nda
     return np.array(errors, dtype=float), np.array(words, dtype=float)
 
 
+def per_clip(items: list[dict], recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """clip_errors summed over each clip's dithered copies: the bootstrap's unit is the clip."""
+    errors, words = clip_errors(items, recs)
+    names = [i["clip"] for i in items if norm(i["ref"], i["lang"])]
+    keys = list(dict.fromkeys(names))
+    index = np.array([keys.index(n) for n in names])
+    return (np.bincount(index, errors, len(keys)), np.bincount(index, words, len(keys)))
+
+
 def wer_gap_interval(ours: np.ndarray, theirs: np.ndarray, words: np.ndarray, rounds: int = 4000,
                      level: float = 0.9) -> tuple[float, float, float]:
     """WER difference in points (ours - theirs) with a paired bootstrap interval: the clips are
@@ -264,7 +305,7 @@ def report(items: list[dict], results: dict[str, list[dict]], modes: list[str]) 
                 its, rs = [i for i, _ in sel if f(i)], [r for i, r in sel if f(i)]
                 if its:
                     scores[name][mode][g] = {**score(its, rs), "ms": median_ms(its, rs)}
-    n = {g: sum(f(i) for i in items if i["mode"] == modes[0]) for g, f in groups.items()}
+    n = {g: sum(f(i) for i in items if i["mode"] == modes[0] and not i.get("dither")) for g, f in groups.items()}
     head = [f"{g} ({n[g]})" for g in groups]
     metrics = [("wer", "WER %"), ("cer", "CER %"), ("exact", "exact commands %")]
     for key, title in metrics + [("langid", "language ID % (auto)")]:
@@ -304,13 +345,25 @@ def report(items: list[dict], results: dict[str, list[dict]], modes: list[str]) 
                 for lg in langs + ["ml"]:
                     sel = [k for k, i in enumerate(items)
                            if i["mode"] == mode and i["corpus"] == "ml" and lg in (i["lang"], "ml")]
-                    ours, words = clip_errors([items[k] for k in sel], [recs[k] for k in sel])
-                    theirs, _ = clip_errors([items[k] for k in sel], [results[REFERENCE][k] for k in sel])
+                    ours, words = per_clip([items[k] for k in sel], [recs[k] for k in sel])
+                    theirs, _ = per_clip([items[k] for k in sel], [results[REFERENCE][k] for k in sel])
                     gap, lo, hi = wer_gap_interval(ours, theirs, words)
                     better, worse = int((ours < theirs).sum()), int((ours > theirs).sum())
                     row.append(f"{gap:+.1f} [{lo:+.1f}, {hi:+.1f}] {better}/{worse}")
                 rows.append(row)
             table(["system"] + [f"{lg} ({n[lg]})" for lg in langs + ["ml"]], rows)
+    if any(i.get("dither") for i in items):
+        print("\n### Knife edges: clips whose reading changes between their dithered copies, per system")
+        for mode in modes:
+            rows = []
+            for name, recs in results.items():
+                readings: dict = {}
+                for i, r in zip(items, recs):
+                    if i["mode"] == mode:
+                        readings.setdefault((i["corpus"], i["clip"]), set()).add(norm(r["text"], i["lang"]))
+                rows.append([f"{name} ({mode})"] + [sum(len(v) > 1 for (c, clip), v in readings.items()
+                                                        if c == corpus) for corpus in ("ml", "en")])
+            table(["system", "corpus_ml clips", "corpus clips"], rows)
     if "given" in modes:
         for name, (label, wer_then, ms_then) in RESULTS_EN.items():
             s = scores.get(name, {}).get("given", {}).get("en")
@@ -341,23 +394,32 @@ NAMES_SYSTEMS: dict[str, dict] = {
 }
 
 
-def run_names(systems: list[str], threads: int, path: Optional[Path], data: dict) -> dict:
+def run_names(systems: list[str], threads: int, path: Optional[Path], data: dict, corpus: str = "en") -> dict:
     """Runs the names table and prints it; returns {"names", "items", "systems", "results", "scores"},
-    saved under data["names"] to ``path`` after each configuration."""
-    short = [c for c in clips(CORPUS_DIR) if c.seconds <= SHORT_COMMAND_S]
-    names = home_names([c.reference for c in short])
-    items = [{"clip": c.name, "path": str(c.path), "ref": c.reference, "lang": "en", "corpus": "en", "short": True,
-              "named": bool(names_in(c.reference))} for c in short]
+    saved under data["names"] (corpus_ml: data["names_ml"]) to ``path`` after each configuration.
+    corpus_ml: every command with its language given and its language's home (home_names_ml)."""
+    if corpus == "en":
+        short = [c for c in clips(CORPUS_DIR) if c.seconds <= SHORT_COMMAND_S]
+        homes = {"en": home_names([c.reference for c in short])}
+        items = [{"clip": c.name, "path": str(c.path), "ref": c.reference, "lang": "en", "corpus": "en", "short": True,
+                  "named": bool(names_in(c.reference))} for c in short]
+    else:
+        items = [{"clip": c.name, "path": str(c.path), "ref": c.reference, "lang": c.name.split("_")[0], "corpus": "ml",
+                  "short": True, "named": c.name in NAMES_ML} for c in clips(ML_DIR)]
+        homes = {lang: home_names_ml(lang) for lang in dict.fromkeys(i["lang"] for i in items)}
+    names = tuple(dict.fromkeys(n for home in homes.values() for n in home))
     specs = {s: NAMES_SYSTEMS[s] for s in systems}
-    print(f"names table: {len(items)} short English commands ({sum(i['named'] for i in items)} with a name), "
-          f"{len(names)} names, {threads} threads", flush=True)
+    print(f"names table ({corpus}): {len(items)} short commands ({sum(i['named'] for i in items)} with a name), "
+          f"{len(homes[items[0]['lang']])} names in a home, {threads} threads", flush=True)
     out = {"names": names, "items": items, "systems": specs, "results": {}, "scores": {}}
+    key = "names" if corpus == "en" else "names_ml"
     for name, spec in specs.items():
         t1 = time.perf_counter()
-        opts = {"language": "en", "names": list(names) if spec["names"] else []}
-        out["results"][name] = run_system(name, spec, [{**i, "options": opts} for i in items], threads)
+        out["results"][name] = run_system(name, spec, [
+            {**i, "options": {"language": i["lang"], "names": list(homes[i["lang"]]) if spec["names"] else []}}
+            for i in items], threads)
         print(f"  {name}: {time.perf_counter() - t1:.0f} s", flush=True)
-        save(path, {**data, "names": out})
+        save(path, {**data, key: out})
     out["scores"] = names_report(out)
     return out
 
@@ -365,45 +427,63 @@ def run_names(systems: list[str], threads: int, path: Optional[Path], data: dict
 def names_report(run: dict) -> dict:
     """Exact commands with and without a name, WER, false name insertions, compute ms and its cost."""
     items, scores = run["items"], {}
-    keys = {n: re.compile(rf"\b{re.escape(n)}\b") for n in filter(None, (norm(n, "en") for n in run["names"]))}
-    refs = [norm(i["ref"], "en") for i in items]
+    keys = {lang: [re.compile(rf"\b{re.escape(k)}\b") for k in dict.fromkeys(filter(None, (norm(n, lang)
+                                                                                         for n in run["names"])))]
+            for lang in {i["lang"] for i in items}}
+    refs = [norm(i["ref"], i["lang"]) for i in items]
+    hyps_of = {name: [norm(r["text"], i["lang"]) for i, r in zip(items, recs)] for name, recs in run["results"].items()}
+
+    def inserted(hyps: list[str]) -> set:
+        """(command, name) where the hypothesis says a home name the reference does not."""
+        return {(k, key.pattern) for k, (i, r, h) in enumerate(zip(items, refs, hyps))
+                for key in keys[i["lang"]] if key.search(h) and not key.search(r)}
+
     for name, recs in run["results"].items():
-        hyps = [norm(r["text"], "en") for r in recs]
+        hyps = hyps_of[name]
+        base = hyps_of.get(run["systems"][name]["base"], [""] * len(items))
         ok = [(i["named"], r == h) for i, r, h in zip(items, refs, hyps)]
         ms = [r["ms"] for r in recs]
         scores[name] = {"exact_named": 100 * statistics.mean(e for n, e in ok if n),
                         "exact_other": 100 * statistics.mean(e for n, e in ok if not n),
                         "wer": 100 * jiwer.wer(refs, hyps),
-                        "false_insertions": sum(bool(k.search(h)) and not k.search(r)
-                                                for r, h in zip(refs, hyps) for k in keys.values()),
+                        "false_insertions": len(inserted(hyps)),
+                        # ... that the names-free row did not have: put there by the biasing
+                        "new_insertions": len(inserted(hyps) - inserted(base)),
                         "median_ms": statistics.median(ms), "mean_ms": statistics.mean(ms),
                         "names_ms": statistics.mean(r.get("names_ms", 0.0) for r in recs)}
     for name, s in scores.items():
         base = scores.get(run["systems"][name]["base"])
         s["cost_pct"] = 100 * (s["mean_ms"] / base["mean_ms"] - 1) if base else float("nan")
     n = sum(i["named"] for i in items)
-    print(f"\n### Names table: {len(items)} short English commands, {len(run['names'])} home names in every request "
-          f"(none for names-none, fw-beam5); compute ms per clip, cost = mean ms vs the names-free row")
+    corpus = "corpus_ml, language given, each language's home of" if items[0]["corpus"] == "ml" else "English,"
+    print(f"\n### Names table: {len(items)} short commands ({corpus} {len(run['names'])} names "
+          f"in all) with the home's names in every request (none for names-none, fw-beam5); compute ms per clip, "
+          f"cost = mean ms vs the names-free row")
     table(["config", f"exact with name % ({n})", f"exact others % ({len(items) - n})", "WER %", "false insertions",
-           "median ms", "mean ms", "mean names_ms", "cost %"],
-          [[name, s["exact_named"], s["exact_other"], s["wer"], s["false_insertions"], s["median_ms"], s["mean_ms"],
+           "of them biasing's", "median ms", "mean ms", "mean names_ms", "cost %"],
+          [[name, s["exact_named"], s["exact_other"], s["wer"], s["false_insertions"], s["new_insertions"],
+            s["median_ms"], s["mean_ms"],
             f"{s['names_ms']:.2f}", f"{s['cost_pct']:+.1f}"] for name, s in scores.items()])
     return scores
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "fw-beam5-plain"),
+    ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if "plain" not in s and "f32" not in s),
                     help="comma-separated names from the table, or NAME:option=value;... Amanuensis variants")
     ap.add_argument("--languages", default="", help="only these language codes (en = corpus/)")
     ap.add_argument("--corpus", default="ml,en", help="ml (corpus_ml/), en (corpus/) or both")
     ap.add_argument("--modes", default="given,auto", help="language given, auto-detected, or both")
     ap.add_argument("--limit", type=int, default=0, help="first N clips of each language (0 = all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dither", type=int, default=1, metavar="N",
+                    help="each clip N times: as recorded, then with one 16-bit step of noise per copy")
     ap.add_argument("--json", type=Path, help="write every transcript and score here")
     ap.add_argument("--report", type=Path, help="print the tables of an earlier --json file, run nothing")
     ap.add_argument("--names", nargs="?", const=",".join(NAMES_SYSTEMS),
                     help="run only the names table (optionally only these of its configurations)")
+    ap.add_argument("--names-corpus", default="en", choices=("en", "ml"),
+                    help="--names on corpus/ (English) or corpus_ml/ (each language's home, home_names_ml)")
     ap.add_argument("--no-names", action="store_true", help="leave the names table out of a run with English")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -413,12 +493,14 @@ def main() -> None:
         saved = json.loads(args.report.read_text(encoding="utf-8"))
         if "items" in saved:
             report(saved["items"], saved["results"], list(dict.fromkeys(i["mode"] for i in saved["items"])))
-        if "names" in saved:
-            names_report(saved["names"])
+        for key in ("names", "names_ml"):
+            if key in saved:
+                names_report(saved[key])
         return
     if args.names:
         t0 = time.perf_counter()
-        save(args.json, {"names": run_names(args.names.split(","), args.threads, args.json, {})})
+        key = "names" if args.names_corpus == "en" else "names_ml"
+        save(args.json, {key: run_names(args.names.split(","), args.threads, args.json, {}, args.names_corpus)})
         return print(f"\n[{time.perf_counter() - t0:.0f} s]")
     specs = {}
     for s in args.systems.split(","):
@@ -428,8 +510,10 @@ def main() -> None:
         else:
             specs[s] = SYSTEMS[s]
     modes = args.modes.split(",")
-    items = load_items(args.corpus.split(","), set(filter(None, args.languages.split(","))), args.limit, modes)
-    print(f"{len(items)} items ({len(items) // len(modes)} clips x {len(modes)} modes), systems: {', '.join(specs)}, "
+    items = load_items(args.corpus.split(","), set(filter(None, args.languages.split(","))), args.limit, modes,
+                       args.dither)
+    print(f"{len(items)} items ({len(items) // len(modes) // args.dither} clips x {len(modes)} modes x "
+          f"{args.dither} copies), systems: {', '.join(specs)}, "
           f"{args.threads} threads", flush=True)
     t0, results = time.perf_counter(), {}
     data = {"items": items, "systems": specs, "results": results, "scores": {}}

@@ -99,3 +99,27 @@ def test_tokenizer_restores_the_merge_the_bundled_file_lacks(tokenizer):
                       "merges": ["ab b"]}}
     _restore_merges(spec)
     assert spec["model"]["merges"] == ["a b", "ab b"]
+
+
+def test_a_name_declined_or_in_the_plural_needs_the_model_to_prefer_its_own_form():
+    # Polish says the light "Lampa główna" as "lampę główną" after "włącz": the words heard are
+    # right, and the name's own form replaces them only about as likely as they are
+    (polish,) = readings("Włącz lampę główną.", ("Lampa główna",), 0.45, language="pl")
+    assert polish.text == "Włącz Lampa główna." and polish.declined
+    assert choose([polish], [-5.7], margin=8.0) is None  # what the model scored on corpus_ml's pl_007
+    assert choose([polish], [-0.5], margin=8.0) is polish
+    assert readings("Включи ночную лампу.", ("Ночная лампа",), 0.45, language="ru")[0].declined
+    # English does not decline names: "lights" for "Light" is a final "s" misheard as often as said
+    assert not readings("Turn on standing lights.", ("Standing Light",), 0.45, language="en")[0].declined
+    # a mishearing is not a declension: the stems differ, or an ending is longer than 3 letters
+    assert not readings("Turn bad light off.", HOME, 0.45, language="de")[0].declined
+    assert not readings("Zet lamperen aan.", ("Lampje",), 0.45, language="nl")[0].declined
+    assert not readings("accendi la lampoda", ("Lampada",), 0.45, language="it")[0].declined  # a vowel misheard
+    # and the best reading decides: a declined one refused is not passed over for a worse one
+    bed = Reading("x Bed Light", "Bed Light", 1, 3)
+    assert choose([polish, bed], [-2.0, -3.0], margin=8.0) is None
+
+
+def test_a_name_much_shorter_than_the_words_does_not_replace_them():
+    # "Garage-Tour" (corpus_ml's de_006, "Garagentor") is not the name "Garage" with a word dropped
+    assert [r.name for r in readings("Öffne das Garage-Tour.", ("Garage", "Garagentor"), 0.45)] == ["Garagentor"]

@@ -5,7 +5,8 @@ after decoding, :func:`readings` lists the transcripts in which one run of words
 known name it may be a mishearing of ("bad light" -> "Bed Light", "chocolate list" -> "Shopping
 List", "bedlight", "Party Timescript"); the pipeline has the decoder score them against the
 audio (``Decoder.compare``) and :func:`choose` keeps one only when the model finds it nearly as
-likely as what it decoded. The string match is rapidfuzz's C loop over the names (about a
+likely as what it decoded (outside English, a name said declined keeps its ending:
+DECLINED_MARGIN). The string match is rapidfuzz's C loop over the names (about a
 millisecond for hundreds); the audio check runs only when there is a candidate.
 
 Options, off by default because they measured worse (RESULTS.md, "Issue 11"):
@@ -20,6 +21,7 @@ Options, off by default because they measured worse (RESULTS.md, "Issue 11"):
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -43,6 +45,21 @@ SNAP_MIN_CHARS = 5
 JOINED_MIN = 0.9
 # A run that shares no word with a name must be this alike it ("bed lite"), not merely related.
 UNSHARED_MIN = 0.7
+# A run read as a name may have this many letters more or fewer than the name (or a quarter of the
+# name's, if more): "Garage-Tour" is not the name "Garage" with a word left out (corpus_ml, de_006).
+LENGTH_SLACK = 2
+# Outside English, a run that is the name with other word endings ("lampę główną" for "Lampa
+# główna": each word the same stem, 3+ letters and 60 % of the word, and endings of up to 3
+# letters; "lampoda" is a mishearing of "Lampada", not a form of it) is the name declined, as
+# Polish, Czech, Russian or Romanian commands say it, or in the plural. Such a reading replaces the
+# words heard only when the model finds the name's own form about as likely (at most this many
+# nats less), not merely within the margin: declined, the model scores the name's form 5-6 nats
+# below the form said, while a near tie ("nestore" / "Nestor", 0.15 nats) is a mishearing. English
+# does not decline names, and a final "s" is easily misheard: "standing lights" for the name
+# "Standing Light" scores the same 4.5 nats below and is snapped (RESULTS.md, session 9).
+DECLINED_MARGIN = 1.0
+DECLINED_STEM = 3
+DECLINED_ENDING = 3
 
 _WORD_CORE = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -181,6 +198,18 @@ def _words_alike(said: str, name: str) -> bool:
     return min(len(said), len(name)) >= 3 and fuzz.ratio(said, name) >= 60
 
 
+def _declined(cores: list[str], name_words: tuple[str, ...]) -> bool:
+    """Whether a run of words is the name with other word endings (DECLINED_MARGIN)."""
+    if len(cores) != len(name_words) or tuple(cores) == name_words:
+        return False
+    for said, word in zip(cores, name_words):
+        stem = len(os.path.commonprefix([said, word]))
+        if said != word and (stem < max(DECLINED_STEM, 0.6 * max(len(said), len(word)))
+                             or len(said) - stem > DECLINED_ENDING or len(word) - stem > DECLINED_ENDING):
+            return False
+    return True
+
+
 def _match(cores: list[str], name: _Name, similarity: float) -> Optional[str]:
     """Whether a run of words (their keys) may be a mishearing of ``name``; the
     leftover of its last word when it ran into the next one, else "".
@@ -208,6 +237,8 @@ def _match(cores: list[str], name: _Name, similarity: float) -> Optional[str]:
     span = "".join(cores)
     if (tuple(cores) == name.words and not leftover) or fuzz.ratio(span, name.key) < similarity * 100:
         return None
+    if abs(len(span) - len(name.key)) > max(LENGTH_SLACK, len(name.key) // 4):
+        return None
     return leftover
 
 
@@ -219,12 +250,16 @@ class Reading:
     name: str
     start: int  # word index of the run
     end: int
+    declined: bool = False  # the run is the name with other word endings (DECLINED_MARGIN)
 
 
-def readings(text: str, names: tuple[str, ...], similarity: float, limit: int = 3) -> list[Reading]:
+def readings(text: str, names: tuple[str, ...], similarity: float, limit: int = 3,
+             language: Optional[str] = None) -> list[Reading]:
     """Alternative transcripts, each with one run of words replaced by a name it
     nearly reads as (the most alike first, at most ``limit``). Linear in the
-    names: each run is compared against all of them in rapidfuzz's C loop."""
+    names: each run is compared against all of them in rapidfuzz's C loop.
+    ``language``: the transcript's; outside English a run that is the name with
+    other endings is marked ``declined`` (DECLINED_MARGIN)."""
     if not names or similarity <= 0 or not text:
         return []
     candidates, keys, exact = _snappable(names)
@@ -254,16 +289,18 @@ def readings(text: str, names: tuple[str, ...], similarity: float, limit: int = 
                 tail = re.search(r"\W*$", last).group(0)
                 rest = " " + last[:len(last) - len(tail)][-len(leftover):] if leftover else ""
                 new = " ".join([*words[:i], candidates[k].text + rest + tail, *words[j:]])
-                found.append((score, Reading(new, candidates[k].text, i, j)))
+                declined = language != "en" and not leftover and _declined(cores[i:j], candidates[k].words)
+                found.append((score, Reading(new, candidates[k].text, i, j, declined)))
     found.sort(key=lambda f: -f[0])
     return [r for _, r in found[:limit]]
 
 
 def choose(readings_: list[Reading], deltas: list[float], margin: float) -> Optional[Reading]:
     """The reading the audio supports best, if the model finds it at most ``margin``
-    nats less likely than what it decoded: a name it was unsure of, not one it
-    clearly did not hear."""
+    nats less likely than what it decoded (a name it was unsure of, not one it
+    clearly did not hear); a declined one at most DECLINED_MARGIN less. When the best
+    is a declined name refused so, the words were that name declined: nothing replaces them."""
     best = max(range(len(readings_)), key=lambda k: deltas[k], default=None)
-    if best is None or deltas[best] < -margin:
+    if best is None or deltas[best] < -(min(margin, DECLINED_MARGIN) if readings_[best].declined else margin):
         return None
     return readings_[best]

@@ -381,7 +381,7 @@ class Engine:
         """Names stage: the transcript with a run of words read as a known name
         (biasing.readings) when the model, teacher-forced over this audio, finds that
         reading nearly as likely as its own (--names-snap-margin)."""
-        alternatives = readings(text, w.job.request.names, self.settings.names_snap)
+        alternatives = readings(text, w.job.request.names, self.settings.names_snap, language=w.dec.language)
         if not alternatives:
             return text
         tok = w.loaded.model.tokenizer
