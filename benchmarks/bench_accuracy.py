@@ -38,8 +38,9 @@ commands use plus ~100 others) as the request's names, under names-none (no name
 (the defaults) and faster-whisper beam 5 without and with the names as initial_prompt (what
 wyoming-faster-whisper 3.8.1 does). Printed: exact commands with and without a name, WER, false
 insertions (a home name in the hypothesis but not the reference; "biasing's": those the names-free row
-lacks), compute ms, mean names_ms, and the
-mean-latency cost against the names-free row. ``--names --names-corpus ml`` runs the same table on
+lacks), compute ms, mean names_ms, and the mean-latency cost against the names-free row; "paired
+cost": each command also run without the names right after in the same process (Amanuensis rows),
+since two processes differ by a few per cent on their own. ``--names --names-corpus ml`` runs the same table on
 corpus_ml, each command with its language given and its language's home (home_names_ml: the names
 its commands use, declined where the language declines them, among ~140 others).
 """
@@ -415,9 +416,17 @@ def run_names(systems: list[str], threads: int, path: Optional[Path], data: dict
     key = "names" if corpus == "en" else "names_ml"
     for name, spec in specs.items():
         t1 = time.perf_counter()
-        out["results"][name] = run_system(name, spec, [
-            {**i, "options": {"language": i["lang"], "names": list(homes[i["lang"]]) if spec["names"] else []}}
-            for i in items], threads)
+        work = [{**i, "options": {"language": i["lang"], "names": list(homes[i["lang"]]) if spec["names"] else []}}
+                for i in items]
+        # each command also without the names, right after, in the same process: the names' cost
+        # without what separates two processes (a few per cent either way between the rows)
+        paired = spec["names"] and spec["kind"] == "amanuensis"
+        if paired:
+            work = [w for i in work for w in (i, {**i, "options": {**i["options"], "names": []}})]
+        recs = run_system(name, spec, work, threads)
+        if paired:
+            recs = [{**a, "plain_ms": b["ms"]} for a, b in zip(recs[::2], recs[1::2])]
+        out["results"][name] = recs
         print(f"  {name}: {time.perf_counter() - t1:.0f} s", flush=True)
         save(path, {**data, key: out})
     out["scores"] = names_report(out)
@@ -454,16 +463,22 @@ def names_report(run: dict) -> dict:
     for name, s in scores.items():
         base = scores.get(run["systems"][name]["base"])
         s["cost_pct"] = 100 * (s["mean_ms"] / base["mean_ms"] - 1) if base else float("nan")
+        recs = run["results"][name]
+        s["paired_cost_pct"] = (100 * (statistics.mean(r["ms"] for r in recs) /
+                                       statistics.mean(r["plain_ms"] for r in recs) - 1)
+                                if all("plain_ms" in r for r in recs) else float("nan"))
     n = sum(i["named"] for i in items)
     corpus = "corpus_ml, language given, each language's home of" if items[0]["corpus"] == "ml" else "English,"
     print(f"\n### Names table: {len(items)} short commands ({corpus} {len(run['names'])} names "
           f"in all) with the home's names in every request (none for names-none, fw-beam5); compute ms per clip, "
           f"cost = mean ms vs the names-free row")
     table(["config", f"exact with name % ({n})", f"exact others % ({len(items) - n})", "WER %", "false insertions",
-           "of them biasing's", "median ms", "mean ms", "mean names_ms", "cost %"],
+           "of them biasing's", "median ms", "mean ms", "mean names_ms", "cost %", "paired cost %"],
           [[name, s["exact_named"], s["exact_other"], s["wer"], s["false_insertions"], s["new_insertions"],
             s["median_ms"], s["mean_ms"],
-            f"{s['names_ms']:.2f}", f"{s['cost_pct']:+.1f}"] for name, s in scores.items()])
+            f"{s['names_ms']:.2f}", f"{s['cost_pct']:+.1f}",
+            "" if s["paired_cost_pct"] != s["paired_cost_pct"] else f"{s['paired_cost_pct']:+.1f}"]
+           for name, s in scores.items()])
     return scores
 
 

@@ -123,3 +123,12 @@ def test_a_name_declined_or_in_the_plural_needs_the_model_to_prefer_its_own_form
 def test_a_name_much_shorter_than_the_words_does_not_replace_them():
     # "Garage-Tour" (corpus_ml's de_006, "Garagentor") is not the name "Garage" with a word dropped
     assert [r.name for r in readings("Öffne das Garage-Tour.", ("Garage", "Garagentor"), 0.45)] == ["Garagentor"]
+
+
+def test_a_reading_is_scored_in_the_case_the_words_were_heard_in():
+    # Whisper scores "Staande Lamp" mid-sentence 8 nats below "staande lamp" (corpus_ml's nl_009)
+    (r,) = readings("Maak helderheid van staan de lamp naar 20 procent.", ("Staande Lamp",), 0.45, language="nl")
+    assert r.text == "Maak helderheid van Staande Lamp naar 20 procent."  # written in the name's spelling
+    assert r.scored == "Maak helderheid van staande lamp naar 20 procent."
+    assert readings("Turn bad light off.", HOME, 0.45)[0].scored == "Turn bed light off."
+    assert readings("Bad light off.", ("Bed Light",), 0.45)[0].scored == "Bed Light off."  # heard capitalised

@@ -387,7 +387,7 @@ class Engine:
         tok = w.loaded.model.tokenizer
         try:
             deltas = w.loaded.decoder.compare(w.cross, w.dec.prefix, tok.encode(" " + text),
-                                              [tok.encode(" " + r.text) for r in alternatives], decoded=w.dec)
+                                              [tok.encode(" " + r.scored) for r in alternatives], decoded=w.dec)
         except ValueError:  # too long for the decoder's context: keep the words as decoded
             return text
         chosen = choose(alternatives, deltas, self.settings.names_snap_margin)
