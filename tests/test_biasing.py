@@ -132,3 +132,4 @@ def test_a_reading_is_scored_in_the_case_the_words_were_heard_in():
     assert r.scored == "Maak helderheid van staande lamp naar 20 procent."
     assert readings("Turn bad light off.", HOME, 0.45)[0].scored == "Turn bed light off."
     assert readings("Bad light off.", ("Bed Light",), 0.45)[0].scored == "Bed Light off."  # heard capitalised
+    assert Reading("x Bed Light", "Bed Light", 1, 3).scored == "x Bed Light"

@@ -253,7 +253,11 @@ class Reading:
     # ("staande lamp"). Whisper scores a capitalised name mid-sentence several nats below the
     # same words in lower case (corpus_ml's nl_009: 8.4 against 0.6 nats below what it decoded),
     # which kept names it had heard from being read; the transcript takes the name's spelling.
-    scored: str = ""
+    scored: str = ""  # empty: ``text``
+
+    def __post_init__(self):
+        if not self.scored:
+            object.__setattr__(self, "scored", self.text)
 
 
 def readings(text: str, names: tuple[str, ...], similarity: float, limit: int = 3,
@@ -293,7 +297,8 @@ def readings(text: str, names: tuple[str, ...], similarity: float, limit: int = 
                 rest = " " + last[:len(last) - len(tail)][-len(leftover):] if leftover else ""
                 name = candidates[k].text
                 new = " ".join([*words[:i], name + rest + tail, *words[j:]])
-                scored = " ".join([*words[:i], name.lower() + rest + tail, *words[j:]]) if words[i][:1].islower() else new
+                heard_lower = words[i][:1].islower()
+                scored = " ".join([*words[:i], name.lower() + rest + tail, *words[j:]]) if heard_lower else new
                 declined = language != "en" and not leftover and _declined(cores[i:j], candidates[k].words)
                 found.append((score, Reading(new, name, i, j, declined, scored)))
     found.sort(key=lambda f: -f[0])
